@@ -1,0 +1,114 @@
+/**
+ * POST, GET and DELETE /mcp: MCP over streamable HTTP. The registry owns sessions; this module
+ * picks the session for a request (or opens one on initialize), answers the spec's status codes
+ * for what the SDK transport cannot know (unknown session 404, missing session 400, batches,
+ * malformed JSON), then hands the raw request to the session's transport.
+ */
+import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
+import type { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import { SessionCapacityError, type Session } from '../services/mcp/sessions.js'
+
+/** JSON-RPC error codes used at the HTTP layer. */
+const RPC = { parseError: -32700, invalidRequest: -32600, internal: -32603, server: -32000, sessionNotFound: -32001 } as const
+
+function rpcError (status: number, code: number, message: string) {
+  return Object.assign(new Error(message), { statusCode: status, rpcCode: code })
+}
+
+function rpcCodeOf (err: FastifyError & { rpcCode?: number }, status: number): number {
+  if (err.rpcCode !== undefined) return err.rpcCode
+  if (err instanceof SyntaxError || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return RPC.parseError
+  return status >= 500 ? RPC.internal : RPC.server
+}
+
+const route: FastifyPluginAsync = async (fastify) => {
+  const registry = fastify.mcpSessions
+
+  // Errors on /mcp are JSON-RPC error objects with the HTTP status the spec asks for.
+  fastify.setErrorHandler((err: FastifyError & { rpcCode?: number }, request, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
+    if (status >= 500) request.log.error({ err }, 'mcp request failed')
+    const message = status >= 500 && status !== 503 ? 'Internal error' : err.message
+    return reply.code(status).send({ jsonrpc: '2.0', error: { code: rpcCodeOf(err, status), message }, id: null })
+  })
+  fastify.addHook('onRequest', fastify.requireCaller)
+
+  /** The caller's live session named by the Mcp-Session-Id header, or the spec's 400/404. */
+  function sessionOf (request: FastifyRequest): Session {
+    const id = request.headers['mcp-session-id']
+    if (typeof id !== 'string' || id === '') {
+      throw rpcError(400, RPC.server, 'Bad Request: Mcp-Session-Id header is required (send initialize first to open a session)')
+    }
+    const session = registry.get(id)
+    // another principal's session is as good as unknown
+    if (!session || session.principal !== request.principal) throw rpcError(404, RPC.sessionNotFound, 'Session not found: it expired or was closed; initialize a new session')
+    return session
+  }
+
+  /** Hands the request to the transport; after hijack, failures are still answered. */
+  async function dispatch (request: FastifyRequest, reply: FastifyReply, transport: StreamableHTTPServerTransport, session?: Session) {
+    const release = session ? registry.hold(session) : undefined
+    if (release) reply.raw.once('close', release)
+    reply.hijack()
+    try {
+      await transport.handleRequest(request.raw, reply.raw, request.body)
+    } catch (err) {
+      request.log.error({ err }, 'mcp transport failed')
+      if (!reply.raw.headersSent) {
+        reply.raw.writeHead(500, { 'content-type': 'application/json' })
+        reply.raw.end(JSON.stringify({ jsonrpc: '2.0', error: { code: RPC.internal, message: 'Internal error' }, id: null }))
+      } else {
+        reply.raw.end()
+      }
+    }
+  }
+
+  fastify.post('/mcp', { bodyLimit: fastify.config.MCP_BODY_LIMIT }, async (request, reply) => {
+    const body = request.body
+    if (Array.isArray(body)) {
+      throw rpcError(400, RPC.invalidRequest, 'Invalid Request: JSON-RPC batches are not supported (removed in MCP 2025-06-18); send one message per request')
+    }
+    if (body === null || typeof body !== 'object') {
+      throw rpcError(400, RPC.invalidRequest, 'Invalid Request: the body must be one JSON-RPC message object')
+    }
+    if (request.headers['mcp-session-id'] !== undefined || !isInitializeRequest(body)) {
+      const session = sessionOf(request)
+      return dispatch(request, reply, session.transport, session)
+    }
+    let opened
+    try {
+      opened = await registry.open(request.principal)
+    } catch (err) {
+      if (err instanceof SessionCapacityError) {
+        reply.header('retry-after', '5')
+        throw rpcError(503, RPC.server, err.message)
+      }
+      throw err
+    }
+    await dispatch(request, reply, opened.transport)
+    // an initialize that failed never registered a session: release what was built for it
+    if (opened.transport.sessionId === undefined) await opened.server.close()
+  })
+
+  fastify.get('/mcp', async (request, reply) => {
+    const session = sessionOf(request)
+    return dispatch(request, reply, session.transport, session)
+  })
+
+  fastify.delete('/mcp', async (request, reply) => {
+    const session = sessionOf(request)
+    return dispatch(request, reply, session.transport, session)
+  })
+
+  fastify.route({
+    method: ['PUT', 'PATCH'],
+    url: '/mcp',
+    handler: async (_request, reply) => {
+      reply.header('allow', 'GET, POST, DELETE')
+      throw rpcError(405, RPC.server, 'Method not allowed: use POST, GET or DELETE')
+    }
+  })
+}
+
+export default route

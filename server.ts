@@ -1,0 +1,47 @@
+/**
+ * Entry point: builds Fastify (logger, timeouts), registers the app, listens, and shuts down
+ * gracefully on SIGTERM/SIGINT with close-with-grace.
+ */
+import closeWithGrace from 'close-with-grace'
+import Fastify from 'fastify'
+import app from './app.js'
+import { ConfigError, readEnvSources } from './services/config.js'
+import { loggerOptions } from './services/logging.js'
+
+async function main (): Promise<void> {
+  let env: Record<string, string>
+  try {
+    env = readEnvSources(process.env)
+  } catch (err) {
+    console.error((err as Error).message)
+    process.exit(1)
+  }
+  const fastify = Fastify({
+    logger: loggerOptions(env),
+    requestTimeout: 0, // SSE streams and sync tool calls are long-lived; idle sockets still time out
+    keepAliveTimeout: 65_000,
+    connectionTimeout: 0,
+    forceCloseConnections: 'idle',
+    return503OnClosing: true
+  })
+  await fastify.register(app, { env, envFile: false })
+  try {
+    await fastify.ready()
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message)
+      process.exit(1)
+    }
+    throw err
+  }
+
+  closeWithGrace({ delay: 10_000, logger: fastify.log }, async ({ signal, err }) => {
+    if (err) fastify.log.error({ err }, 'shutting down after an error')
+    else fastify.log.info({ signal }, 'shutting down')
+    await fastify.close()
+  })
+
+  await fastify.listen({ host: fastify.config.MCP_HOST, port: fastify.config.MCP_PORT })
+}
+
+await main()

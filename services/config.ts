@@ -1,0 +1,171 @@
+/**
+ * Configuration: one TypeBox schema (validated by @fastify/env in plugins/config.ts),
+ * the type derived from it, and the plain helpers around it. No Fastify import here.
+ */
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { parseEnv } from 'node:util'
+import { Type, type Static } from 'typebox'
+
+const Bool = (def: boolean, description: string) => Type.Boolean({ default: def, description })
+const Int = (def: number, minimum: number, maximum: number, description: string) =>
+  Type.Integer({ default: def, minimum, maximum, description })
+const Str = (def: string, description: string, extra: Record<string, unknown> = {}) =>
+  Type.String({ default: def, description, ...extra })
+
+/** A byte size the way Docker writes one: 512m, 2g, 1048576. */
+const BYTE_SIZE = '^[0-9]+(\\.[0-9]+)?[bkmgBKMG]?$'
+
+export const ConfigSchema = Type.Object({
+  // Letta
+  LETTA_API_URL: Str('', 'an http(s) URL such as https://letta.example.com, or empty to disable Letta', { pattern: '^(https?://[^\\s]+)?$' }),
+  LETTA_API_TOKEN: Str('', 'the Letta API token (or LETTA_API_TOKEN_FILE)'),
+
+  // Runner containers
+  RUNNER_IMAGE: Str('letta-opencode-runner:latest', 'a Docker image reference such as letta-opencode-runner:latest', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$' }),
+  RUNNER_CPU_LIMIT: Type.Number({ default: 2.0, exclusiveMinimum: 0, maximum: 256, description: 'a number of CPUs greater than 0, such as 0.5 or 2.0' }),
+  RUNNER_MEMORY_LIMIT: Str('2g', 'a size of at least 6m such as 512m or 2g (b, k, m, g suffixes)', { pattern: BYTE_SIZE }),
+  RUNNER_TIMEOUT_MS: Int(300_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),
+
+  // Task queue
+  MAX_CONCURRENT_TASKS: Int(3, 1, 64, 'an integer from 1 to 64'),
+
+  // Server
+  MCP_PORT: Int(3500, 0, 65535, 'a TCP port from 0 to 65535'),
+  MCP_HOST: Str('127.0.0.1', 'an address to bind, such as 127.0.0.1 or 0.0.0.0', { minLength: 1 }),
+  DATA_DIR: Str('./data', 'a writable directory for the task store and logs', { minLength: 1 }),
+
+  // Feature flags and logging
+  DEBUG: Bool(false, 'true or false'),
+  ENABLE_ASYNC_EXECUTE: Bool(true, 'true or false'),
+  ENFORCE_IDEMPOTENCY: Bool(true, 'true or false'),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
+    default: 'info', description: 'one of fatal, error, warn, info, debug, trace, silent'
+  }),
+
+  // Docker engine probe (the connection itself follows DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)
+  DOCKER_PROBE_INTERVAL_MS: Int(5_000, 200, 600_000, 'milliseconds from 200 to 600000'),
+
+  // MCP endpoint
+  MCP_SESSION_TTL_MS: Int(1_800_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),
+  MCP_MAX_SESSIONS: Int(1_000, 1, 100_000, 'an integer from 1 to 100000'),
+  MCP_BODY_LIMIT: Int(4 * 1024 * 1024, 1024, 64 * 1024 * 1024, 'bytes from 1024 to 67108864'),
+  MCP_ALLOWED_HOSTS: Str('', 'a comma list of host names (optionally host:port), exact match; empty means loopback names only'),
+  MCP_ALLOWED_ORIGINS: Str('', 'a comma list of origins such as https://app.example.com, exact match; empty means loopback origins only'),
+  MCP_AUTH_TOKENS: Str('', 'a comma list of principal:token entries, tokens of at least 16 characters (or MCP_AUTH_TOKENS_FILE)'),
+  MCP_ALLOW_UNAUTHENTICATED: Bool(false, 'true or false')
+})
+
+export type Config = Static<typeof ConfigSchema>
+
+/** Variables that may come from a file (`NAME_FILE`, Docker secrets) and are never logged. */
+export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS'] as const
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+/**
+ * The raw variables the service is configured from: `.env` (when present) overlaid by the process
+ * environment, with `NAME_FILE` secrets read from their files.
+ */
+export function readEnvSources (env: NodeJS.ProcessEnv, envFile: string | false = '.env'): Record<string, string> {
+  const merged: Record<string, string> = {}
+  if (envFile) {
+    try {
+      Object.assign(merged, parseEnv(readFileSync(resolve(envFile), 'utf8')))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) merged[k] = v
+
+  for (const name of SECRET_VARIABLES) {
+    const file = merged[`${name}_FILE`]
+    if (!file) continue
+    if (merged[name]) {
+      throw new ConfigError(`Invalid configuration: both ${name} and ${name}_FILE are set; expected only one of them`)
+    }
+    try {
+      merged[name] = readFileSync(file, 'utf8').trim()
+    } catch (err) {
+      throw new ConfigError(`Invalid configuration: ${name}_FILE="${file}" cannot be read (${(err as NodeJS.ErrnoException).code}); expected a readable file holding the secret`)
+    }
+  }
+  return merged
+}
+
+interface AjvLikeError { instancePath: string, keyword: string, params: Record<string, unknown>, message?: string }
+
+/** One line per bad variable: the variable, its value and what is expected. Secrets are not echoed. */
+export function formatConfigErrors (errors: AjvLikeError[], source: Record<string, string>): string {
+  const lines = new Map<string, string>()
+  for (const e of errors) {
+    const name = e.instancePath.replace(/^\//, '') || String(e.params.additionalProperty ?? e.params.missingProperty ?? '')
+    if (lines.has(name)) continue
+    const schema = (ConfigSchema.properties as Record<string, { description?: string }>)[name]
+    const shown = (SECRET_VARIABLES as readonly string[]).includes(name) ? '<redacted>' : JSON.stringify(source[name] ?? '')
+    lines.set(name, `${name}=${shown}: expected ${schema?.description ?? e.message ?? 'a valid value'}`)
+  }
+  return `Invalid configuration: ${[...lines.values()].join('; ')}`
+}
+
+const UNITS: Record<string, number> = { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }
+
+/** Parses a Docker-style size (`512m`, `2g`, `1048576`) into bytes. */
+export function parseByteSize (value: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)([bkmg]?)$/i.exec(value.trim())
+  if (!m) throw new ConfigError(`"${value}" is not a size; expected a number with an optional b, k, m or g suffix`)
+  return Math.floor(Number(m[1]) * UNITS[(m[2] || 'b').toLowerCase()])
+}
+
+export interface AuthToken { principal: string, token: string }
+
+const PRINCIPAL = /^[A-Za-z0-9._-]{1,64}$/
+
+/** Parses `MCP_AUTH_TOKENS` (`principal:token,principal:token`). */
+export function parseAuthTokens (value: string): AuthToken[] {
+  const entries = value.split(',').map((s) => s.trim()).filter(Boolean)
+  return entries.map((entry, i) => {
+    const at = entry.indexOf(':')
+    const principal = at > 0 ? entry.slice(0, at) : ''
+    const token = at > 0 ? entry.slice(at + 1) : ''
+    if (!PRINCIPAL.test(principal) || token.length < 16) {
+      throw new ConfigError(`Invalid configuration: MCP_AUTH_TOKENS entry ${i + 1} is malformed; expected principal:token with a principal of letters, digits, . _ - and a token of at least 16 characters (generate one with: openssl rand -hex 32)`)
+    }
+    return { principal, token }
+  })
+}
+
+/** Comma list → trimmed, non-empty items. */
+export function splitList (value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter(Boolean)
+}
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '::1', '[::1]'])
+
+/** True for addresses that only the local machine can reach. */
+export function isLoopbackHost (host: string): boolean {
+  return LOOPBACK_NAMES.has(host) || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+/** Checks that need more than one variable or a parse; run after schema validation. */
+export function checkConfig (config: Config): void {
+  let memory: number
+  try {
+    memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
+  } catch {
+    memory = 0
+  }
+  if (memory < 6 * 1024 ** 2) {
+    throw new ConfigError(`Invalid configuration: RUNNER_MEMORY_LIMIT="${config.RUNNER_MEMORY_LIMIT}": expected a size of at least 6m (Docker's minimum), such as 512m or 2g`)
+  }
+  if (Boolean(config.LETTA_API_URL) !== Boolean(config.LETTA_API_TOKEN)) {
+    const missing = config.LETTA_API_URL ? 'LETTA_API_TOKEN (or LETTA_API_TOKEN_FILE)' : 'LETTA_API_URL'
+    throw new ConfigError(`Invalid configuration: Letta needs both LETTA_API_URL and LETTA_API_TOKEN; set ${missing}, or leave both empty to run without Letta`)
+  }
+  const tokens = parseAuthTokens(config.MCP_AUTH_TOKENS)
+  if (tokens.length === 0 && !isLoopbackHost(config.MCP_HOST) && !config.MCP_ALLOW_UNAUTHENTICATED) {
+    throw new ConfigError(`Refusing to listen on ${config.MCP_HOST} without authentication: set MCP_AUTH_TOKENS=principal:token (generate a token with: openssl rand -hex 32), or bind MCP_HOST=127.0.0.1, or set MCP_ALLOW_UNAUTHENTICATED=true to accept unauthenticated clients on purpose`)
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * Builds the McpServer of one session and registers the tools on it. Tools read what they need
+ * from `ToolDeps` (plain functions and services, no Fastify), so each is one obvious call.
+ */
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import * as z from 'zod'
+import { SERVICE_NAME } from '../health.js'
+import { AGENT_ID_PATTERN } from '../security.js'
+
+export interface ToolDeps {
+  version: string
+  /** The same report as GET /health. */
+  health: () => Record<string, unknown> & { status: string }
+}
+
+/** What every tool knows about its caller. */
+export interface Caller {
+  principal: string
+  sessionId: string | undefined
+  agentId: string | undefined
+}
+
+/** A tool result: structured content plus the same JSON as text, for clients that read only text. */
+export function jsonResult<T extends Record<string, unknown>> (data: T, isError = false): CallToolResult {
+  return { content: [{ type: 'text', text: JSON.stringify(data) }], structuredContent: data, ...(isError ? { isError: true } : {}) }
+}
+
+/** A tool error: `isError` with a message that names the field and the fix. */
+export function toolError (message: string, details: Record<string, unknown> = {}): CallToolResult {
+  return { content: [{ type: 'text', text: JSON.stringify({ error: message, ...details }) }], isError: true }
+}
+
+interface RequestExtra { sessionId?: string, requestInfo?: { headers: Record<string, string | string[] | undefined> } }
+
+/** The caller of one tool call: principal of the session, agent id from the x-agent-id header. */
+export function callerOf (principal: string, extra: RequestExtra): Caller {
+  const header = extra.requestInfo?.headers['x-agent-id']
+  const agentId = typeof header === 'string' && AGENT_ID_PATTERN.test(header) ? header : undefined
+  return { principal, sessionId: extra.sessionId, agentId }
+}
+
+export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
+  const server = new McpServer(
+    { name: SERVICE_NAME, version: deps.version },
+    {
+      capabilities: { logging: {}, tools: {} },
+      instructions: 'Delegate development tasks to OpenCode running in an isolated container. ' +
+        'Use opencode_execute_task to start one, get_task_status / get_task_history to follow it.'
+    }
+  )
+
+  server.registerTool('ping', {
+    title: 'Ping',
+    description: 'Checks that the server answers; echoes who the server thinks is calling.',
+    inputSchema: {},
+    outputSchema: {
+      pong: z.literal(true),
+      timestamp: z.string(),
+      principal: z.string(),
+      agent_id: z.string().nullable(),
+      session_id: z.string().nullable()
+    },
+    annotations: { readOnlyHint: true, openWorldHint: false }
+  }, async (_args, extra) => {
+    const caller = callerOf(principal, extra)
+    return jsonResult({ pong: true as const, timestamp: new Date().toISOString(), principal: caller.principal, agent_id: caller.agentId ?? null, session_id: caller.sessionId ?? null })
+  })
+
+  server.registerTool('health', {
+    title: 'Service health',
+    description: 'The service health report: status, Docker engine reachability, sessions, uptime and security settings (the same as GET /health).',
+    inputSchema: {},
+    outputSchema: {
+      status: z.enum(['healthy', 'degraded', 'unhealthy']),
+      service: z.string(),
+      version: z.string(),
+      transport: z.string(),
+      protocol_version: z.string(),
+      sessions: z.number(),
+      uptime: z.number(),
+      timestamp: z.string(),
+      security: z.object({ origin_validation: z.boolean(), localhost_binding: z.boolean(), authentication: z.boolean() }),
+      docker: z.object({ reachable: z.boolean(), version: z.string().nullable(), api_version: z.string().nullable(), last_error: z.string().nullable(), checked_at: z.string().nullable() })
+    },
+    annotations: { readOnlyHint: true, openWorldHint: false }
+  }, async (_args, extra) => {
+    const report = deps.health()
+    if (report.status !== 'healthy') {
+      await server.sendLoggingMessage({ level: 'warning', logger: 'health', data: { status: report.status } }, extra.sessionId)
+    }
+    return jsonResult(report)
+  })
+
+  return server
+}

@@ -1,0 +1,147 @@
+/**
+ * MCP session registry: one McpServer and one streamable HTTP transport per session, an idle TTL,
+ * a cap with least-recently-used eviction of idle sessions, and eviction that closes the transport
+ * (clients rarely send DELETE, so nothing else would ever free them).
+ */
+import { randomUUID } from 'node:crypto'
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+
+export interface Session {
+  readonly id: string
+  readonly principal: string
+  readonly transport: StreamableHTTPServerTransport
+  readonly server: McpServer
+  readonly createdAt: number
+  lastSeen: number
+  /** Requests (including open SSE streams) currently being served; a session in use is never evicted. */
+  active: number
+}
+
+export type EvictionReason = 'ttl' | 'capacity' | 'deleted' | 'closed' | 'shutdown'
+
+export interface SessionRegistryOptions {
+  ttlMs: number
+  maxSessions: number
+  /** Builds the McpServer of one session (a server is never shared between sessions). */
+  createServer: (principal: string) => McpServer
+  onEvict?: (session: Session, reason: EvictionReason) => void
+  now?: () => number
+}
+
+export class SessionCapacityError extends Error {
+  override name = 'SessionCapacityError'
+}
+
+export class SessionRegistry {
+  /** Insertion order is recency order: a touched session is moved to the end. */
+  private readonly sessions = new Map<string, Session>()
+  private readonly now: () => number
+  private sweeper: NodeJS.Timeout | undefined
+
+  constructor (private readonly opts: SessionRegistryOptions) {
+    this.now = opts.now ?? Date.now
+  }
+
+  get size (): number {
+    return this.sessions.size
+  }
+
+  /** Starts the periodic TTL sweep (a fraction of the TTL, unref'ed). */
+  start (): void {
+    const every = Math.max(250, Math.min(60_000, Math.floor(this.opts.ttlMs / 4)))
+    this.sweeper ??= setInterval(() => { this.sweep() }, every).unref()
+  }
+
+  /** The live session with this id, marked as just used; undefined when unknown or expired. */
+  get (id: string): Session | undefined {
+    const s = this.sessions.get(id)
+    if (!s) return undefined
+    if (s.active === 0 && this.now() - s.lastSeen > this.opts.ttlMs) {
+      this.evict(s, 'ttl').catch(() => {})
+      return undefined
+    }
+    this.sessions.delete(id)
+    this.sessions.set(id, s)
+    s.lastSeen = this.now()
+    return s
+  }
+
+  /**
+   * A transport and server for a new session. The session is registered when the transport
+   * assigns its id (on a successful initialize); `discard` it if that never happens.
+   */
+  async open (principal: string): Promise<{ transport: StreamableHTTPServerTransport, server: McpServer }> {
+    if (this.sessions.size >= this.opts.maxSessions) this.makeRoom()
+    const server = this.opts.createServer(principal)
+    const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: randomUUID,
+      onsessioninitialized: (id) => {
+        const at = this.now()
+        this.sessions.set(id, { id, principal, transport, server, createdAt: at, lastSeen: at, active: 0 })
+      }
+    })
+    transport.onclose = () => {
+      const id = transport.sessionId
+      const s = id ? this.sessions.get(id) : undefined
+      if (s) this.remove(s, 'closed')
+    }
+    await server.connect(transport)
+    return { transport, server }
+  }
+
+  /** Marks a request of the session as started; the returned function marks it finished. */
+  hold (session: Session): () => void {
+    session.active++
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      session.active--
+      session.lastSeen = this.now()
+    }
+  }
+
+  /** Evicts idle sessions past the TTL. Returns how many were evicted. */
+  sweep (): number {
+    const cutoff = this.now() - this.opts.ttlMs
+    let n = 0
+    for (const s of this.sessions.values()) {
+      if (s.active === 0 && s.lastSeen < cutoff) {
+        this.evict(s, 'ttl').catch(() => {})
+        n++
+      }
+    }
+    return n
+  }
+
+  async evict (session: Session, reason: EvictionReason): Promise<void> {
+    if (this.sessions.get(session.id) !== session) return
+    this.remove(session, reason)
+    // closing the server closes its transport too: open SSE streams end, pending requests are cancelled
+    await session.server.close().catch(() => {})
+  }
+
+  async closeAll (reason: EvictionReason = 'shutdown'): Promise<void> {
+    clearInterval(this.sweeper)
+    this.sweeper = undefined
+    await Promise.all([...this.sessions.values()].map((s) => this.evict(s, reason)))
+  }
+
+  private remove (session: Session, reason: EvictionReason): void {
+    if (this.sessions.get(session.id) !== session) return
+    this.sessions.delete(session.id)
+    this.opts.onEvict?.(session, reason)
+  }
+
+  /** Frees one slot by evicting the least recently used idle session, or refuses. */
+  private makeRoom (): void {
+    for (const s of this.sessions.values()) {
+      if (s.active === 0) {
+        this.evict(s, 'capacity').catch(() => {})
+        return
+      }
+    }
+    throw new SessionCapacityError(`Too many MCP sessions: all ${this.opts.maxSessions} are busy (MCP_MAX_SESSIONS); retry shortly or close unused sessions with DELETE /mcp`)
+  }
+}
