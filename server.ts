@@ -24,8 +24,8 @@ async function main (): Promise<void> {
     forceCloseConnections: 'idle',
     return503OnClosing: true
   })
-  await fastify.register(app, { env, envFile: false })
   try {
+    await fastify.register(app, { env, envFile: false })
     await fastify.ready()
   } catch (err) {
     if (err instanceof ConfigError) {

@@ -4,12 +4,12 @@
  */
 import fp from 'fastify-plugin'
 import { SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js'
-import { healthReport } from '../services/health.js'
+import { healthReport, type HealthReport } from '../services/health.js'
 import { SERVICE_VERSION } from '../services/meta.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    health: () => { statusCode: 200 | 503, body: ReturnType<typeof healthReport> }
+    health: () => { statusCode: 200 | 503, body: HealthReport }
   }
 }
 

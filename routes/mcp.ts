@@ -48,7 +48,8 @@ const route: FastifyPluginAsync = async (fastify) => {
 
   /** Hands the request to the transport; after hijack, failures are still answered. */
   async function dispatch (request: FastifyRequest, reply: FastifyReply, transport: StreamableHTTPServerTransport, session?: Session) {
-    const release = session ? registry.hold(session) : undefined
+    // in-flight calls pin a session (no eviction mid-call); an open GET stream alone does not
+    const release = session && request.method === 'POST' ? registry.hold(session) : undefined
     if (release) reply.raw.once('close', release)
     reply.hijack()
     try {

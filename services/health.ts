@@ -1,27 +1,50 @@
-/** The /health report: the deployment guide's fields, plus the engine state and version. */
+/**
+ * The /health report: the deployment guide's fields, plus the engine state and version. One schema
+ * (zod, as the MCP SDK wants it) serves the `health` tool's outputSchema and the route's response schema.
+ */
+import * as z from 'zod'
 import type { EngineState } from './docker/probe.js'
 
 export const SERVICE_NAME = 'letta-opencode-plugin'
 export const HEALTH_PROTOCOL_VERSION = '2025-06-18'
 
-export type HealthStatus = 'healthy' | 'degraded' | 'unhealthy'
+export const HealthReportSchema = z.object({
+  status: z.enum(['healthy', 'degraded', 'unhealthy']),
+  service: z.string(),
+  version: z.string(),
+  transport: z.literal('streamable_http'),
+  protocol_version: z.string(),
+  protocol_versions: z.array(z.string()),
+  sessions: z.number().int(),
+  uptime: z.number(),
+  timestamp: z.string(),
+  security: z.object({ origin_validation: z.boolean(), localhost_binding: z.boolean(), authentication: z.boolean() }),
+  docker: z.object({
+    reachable: z.boolean(),
+    version: z.string().nullable(),
+    api_version: z.string().nullable(),
+    last_error: z.string().nullable(),
+    checked_at: z.string().nullable()
+  })
+})
+
+export type HealthReport = z.infer<typeof HealthReportSchema>
 
 export interface HealthInputs {
   version: string
   engine: EngineState
   sessions: number
-  security: { origin_validation: boolean, localhost_binding: boolean, authentication: boolean }
+  security: HealthReport['security']
   protocolVersions: readonly string[]
 }
 
-export function healthReport (inputs: HealthInputs) {
+export function healthReport (inputs: HealthInputs): HealthReport {
   const { engine } = inputs
-  const status: HealthStatus = engine.reachable ? 'healthy' : 'unhealthy'
   return {
-    status,
+    status: engine.reachable ? 'healthy' : 'unhealthy',
     service: SERVICE_NAME,
     version: inputs.version,
-    transport: 'streamable_http' as const,
+    transport: 'streamable_http',
     protocol_version: HEALTH_PROTOCOL_VERSION,
     protocol_versions: [...inputs.protocolVersions],
     sessions: inputs.sessions,

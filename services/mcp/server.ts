@@ -5,13 +5,13 @@
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import * as z from 'zod'
-import { SERVICE_NAME } from '../health.js'
+import { HealthReportSchema, SERVICE_NAME, type HealthReport } from '../health.js'
 import { AGENT_ID_PATTERN } from '../security.js'
 
 export interface ToolDeps {
   version: string
   /** The same report as GET /health. */
-  health: () => Record<string, unknown> & { status: string }
+  health: () => HealthReport
 }
 
 /** What every tool knows about its caller. */
@@ -71,18 +71,7 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
     title: 'Service health',
     description: 'The service health report: status, Docker engine reachability, sessions, uptime and security settings (the same as GET /health).',
     inputSchema: {},
-    outputSchema: {
-      status: z.enum(['healthy', 'degraded', 'unhealthy']),
-      service: z.string(),
-      version: z.string(),
-      transport: z.string(),
-      protocol_version: z.string(),
-      sessions: z.number(),
-      uptime: z.number(),
-      timestamp: z.string(),
-      security: z.object({ origin_validation: z.boolean(), localhost_binding: z.boolean(), authentication: z.boolean() }),
-      docker: z.object({ reachable: z.boolean(), version: z.string().nullable(), api_version: z.string().nullable(), last_error: z.string().nullable(), checked_at: z.string().nullable() })
-    },
+    outputSchema: HealthReportSchema,
     annotations: { readOnlyHint: true, openWorldHint: false }
   }, async (_args, extra) => {
     const report = deps.health()

@@ -14,7 +14,7 @@ export interface Session {
   readonly server: McpServer
   readonly createdAt: number
   lastSeen: number
-  /** Requests (including open SSE streams) currently being served; a session in use is never evicted. */
+  /** JSON-RPC POSTs currently being served; a session with a call in flight is never evicted. */
   active: number
 }
 

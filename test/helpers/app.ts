@@ -1,0 +1,37 @@
+/** Test helpers: build the real app (inject), or listen on a free port for real HTTP clients. */
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
+import app, { type AppOptions } from '../../app.js'
+
+export interface BuildOptions extends Omit<AppOptions, 'env'> {
+  env?: Record<string, string>
+}
+
+/** A temporary directory removed when the test ends. */
+export function tempDir (t: Test, prefix = 'lop-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** The app with the given environment only (process.env and .env are not read), closed after the test. */
+export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
+  const fastify = Fastify({ logger: false })
+  const env = { DATA_DIR: tempDir(t, 'lop-data-'), ...opts.env }
+  await fastify.register(app, { ...opts, env, envFile: false })
+  t.teardown(() => fastify.close())
+  await fastify.ready()
+  return fastify
+}
+
+/** The app listening on 127.0.0.1 and a free port; returns its base URL. */
+export async function listen (t: Test, opts: BuildOptions = {}): Promise<{ app: FastifyInstance, url: string }> {
+  const fastify = await build(t, opts)
+  await fastify.listen({ host: '127.0.0.1', port: 0 })
+  const address = fastify.server.address()
+  if (!address || typeof address === 'string') throw new Error('no TCP address')
+  return { app: fastify, url: `http://127.0.0.1:${address.port}` }
+}
