@@ -10,6 +10,7 @@ import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
 import healthPlugin from './plugins/health.js'
 import mcpSessionsPlugin from './plugins/mcp-sessions.js'
 import securityPlugin from './plugins/security.js'
+import tasksPlugin from './plugins/tasks.js'
 import healthRoute from './routes/health.js'
 import mcpRoute from './routes/mcp.js'
 
@@ -20,6 +21,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(configPlugin, opts)
   await fastify.register(dockerPlugin, opts)
   await fastify.register(securityPlugin)
+  await fastify.register(tasksPlugin)
   await fastify.register(mcpSessionsPlugin)
   await fastify.register(healthPlugin)
 

@@ -14,7 +14,13 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const deps = { version: SERVICE_VERSION, health: () => fastify.health().body }
+  const deps = {
+    version: SERVICE_VERSION,
+    health: () => fastify.health().body,
+    tasks: fastify.tasks,
+    asyncEnabled: fastify.config.ENABLE_ASYNC_EXECUTE,
+    syncWaitMs: fastify.config.SYNC_WAIT_MS
+  }
   const registry = new SessionRegistry({
     ttlMs: fastify.config.MCP_SESSION_TTL_MS,
     maxSessions: fastify.config.MCP_MAX_SESSIONS,
@@ -24,4 +30,4 @@ export default fp(async (fastify) => {
   fastify.decorate('mcpSessions', registry)
   fastify.addHook('onReady', async () => registry.start())
   fastify.addHook('preClose', async () => registry.closeAll('shutdown'))
-}, { name: 'mcp-sessions', dependencies: ['config'], fastify: '5.x' })
+}, { name: 'mcp-sessions', dependencies: ['config', 'tasks'], fastify: '5.x' })

@@ -27,8 +27,21 @@ export const ConfigSchema = Type.Object({
   RUNNER_MEMORY_LIMIT: Str('2g', 'a size of at least 6m such as 512m or 2g (b, k, m, g suffixes)', { pattern: BYTE_SIZE }),
   RUNNER_TIMEOUT_MS: Int(300_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),
 
+  RUNNER_MAX_TIMEOUT_MS: Int(3_600_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000 (the most a task may ask for)'),
+  RUNNER_NETWORK: Str('bridge', 'bridge, none, host or the name of an existing Docker network', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }),
+  RUNNER_PIDS_LIMIT: Int(512, 16, 65_536, 'an integer from 16 to 65536'),
+  RUNNER_USER: Str('1000:1000', 'a non-root uid:gid such as 1000:1000', { pattern: '^[1-9][0-9]*:[1-9][0-9]*$' }),
+  RUNNER_STOP_GRACE_S: Int(10, 0, 300, 'seconds from 0 to 300 between SIGTERM and SIGKILL'),
+  TASK_OUTPUT_LIMIT: Int(65_536, 1_024, 16 * 1024 * 1024, 'bytes from 1024 to 16777216 (head and tail of the output kept in results)'),
+  TASK_LOG_LIMIT: Int(100 * 1024 * 1024, 0, 10 * 1024 ** 3, 'bytes from 0 to 10737418240 (full log kept on disk per task)'),
+
   // Task queue
   MAX_CONCURRENT_TASKS: Int(3, 1, 64, 'an integer from 1 to 64'),
+  MAX_QUEUED_TASKS: Int(100, 0, 100_000, 'an integer from 0 to 100000'),
+  SYNC_WAIT_MS: Int(50_000, 100, 3_600_000, 'milliseconds from 100 to 3600000 (keep under the client\'s tool timeout, 60 s for Letta)'),
+  IDEMPOTENCY_TTL_MS: Int(86_400_000, 1_000, 30 * 86_400_000, 'milliseconds from 1000 to 2592000000'),
+  ORPHAN_GRACE_MS: Int(60_000, 0, 86_400_000, 'milliseconds from 0 to 86400000'),
+  RECONCILE_INTERVAL_MS: Int(60_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),
 
   // Server
   MCP_PORT: Int(3500, 0, 65535, 'a TCP port from 0 to 65535'),

@@ -7,8 +7,9 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import * as z from 'zod'
 import { HealthReportSchema, SERVICE_NAME, type HealthReport } from '../health.js'
 import { AGENT_ID_PATTERN } from '../security.js'
+import { registerTaskTools, type TaskToolDeps } from './task-tools.js'
 
-export interface ToolDeps {
+export interface ToolDeps extends TaskToolDeps {
   version: string
   /** The same report as GET /health. */
   health: () => HealthReport
@@ -81,5 +82,6 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
     return jsonResult(report)
   })
 
+  registerTaskTools(server, deps, principal)
   return server
 }

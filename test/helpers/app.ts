@@ -20,9 +20,13 @@ export function tempDir (t: Test, prefix = 'lop-'): string {
 /** The app with the given environment only (process.env and .env are not read), closed after the test. */
 export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const fastify = Fastify({ logger: false })
-  const env = { DATA_DIR: tempDir(t, 'lop-data-'), ...opts.env }
+  const dataDir = mkdtempSync(join(tmpdir(), 'lop-data-'))
+  const env = { DATA_DIR: dataDir, ...opts.env }
   await fastify.register(app, { ...opts, env, envFile: false })
-  t.teardown(() => fastify.close())
+  t.teardown(async () => {
+    await fastify.close()
+    rmSync(dataDir, { recursive: true, force: true })
+  })
   await fastify.ready()
   return fastify
 }

@@ -1,0 +1,187 @@
+/** The task tools: submit, status, history, control and list, all scoped to the caller's principal. */
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import * as z from 'zod'
+import type { TaskEngine } from '../tasks/engine.js'
+import { TASK_STATUSES, TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
+import { AGENT_ID_PATTERN } from '../security.js'
+import { callerOf, jsonResult, toolError } from './server.js'
+
+export interface TaskToolDeps {
+  tasks: TaskEngine
+  asyncEnabled: boolean
+  syncWaitMs: number
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
+
+/** The public view of a task: what every task tool and endpoint returns. */
+export function taskView (t: TaskRecord) {
+  return {
+    task_id: t.id,
+    status: t.status,
+    agent_id: t.agent_id,
+    task_description: t.description,
+    timeout_ms: t.timeout_ms,
+    created_at: iso(t.created_at) as string,
+    started_at: iso(t.started_at),
+    finished_at: iso(t.finished_at),
+    duration_ms: t.started_at && t.finished_at ? t.finished_at - t.started_at : null,
+    exit_code: t.exit_code,
+    reason: t.reason,
+    error: t.error,
+    output: t.output,
+    output_truncated: t.output_truncated,
+    output_bytes: t.output_bytes
+  }
+}
+
+export const TaskViewShape = {
+  task_id: z.string(),
+  status: z.enum(TASK_STATUSES),
+  agent_id: z.string().nullable(),
+  task_description: z.string(),
+  timeout_ms: z.number(),
+  created_at: z.string(),
+  started_at: z.string().nullable(),
+  finished_at: z.string().nullable(),
+  duration_ms: z.number().nullable(),
+  exit_code: z.number().nullable(),
+  reason: z.string().nullable(),
+  error: z.string().nullable(),
+  output: z.string().nullable(),
+  output_truncated: z.boolean(),
+  output_bytes: z.number()
+}
+
+function fromError (err: unknown): CallToolResult {
+  if (err instanceof TaskError) return toolError(err.message, { code: err.code, ...err.details })
+  throw err
+}
+
+const taskId = z.string().min(1).max(100).describe('The task id returned by opencode_execute_task')
+
+export function registerTaskTools (server: McpServer, deps: TaskToolDeps, principal: string): void {
+  const { tasks } = deps
+
+  server.registerTool('opencode_execute_task', {
+    title: 'Run a development task with OpenCode',
+    description: 'Runs a development task in an isolated, resource-limited container. With sync=true waits for the result ' +
+      `(at most ${Math.round(deps.syncWaitMs / 1000)} s, then returns the task id with status running); otherwise returns the task id at once. ` +
+      'Follow it with get_task_status / get_task_history.',
+    inputSchema: {
+      task_description: z.string().min(1).max(100_000).describe('What to do, in plain words'),
+      agent_id: z.string().regex(AGENT_ID_PATTERN).optional().describe('The Letta agent id (defaults to the x-agent-id header)'),
+      idempotency_key: z.string().min(1).max(200).optional().describe('Retries with the same key return the same task'),
+      timeout_ms: z.number().int().min(1_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
+      sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)')
+    },
+    outputSchema: { ...TaskViewShape, existing: z.boolean(), hint: z.string().optional() }
+  }, async (args, extra) => {
+    const sync = args.sync ?? !deps.asyncEnabled
+    if (!sync && !deps.asyncEnabled) {
+      return toolError('Asynchronous execution is disabled on this server (ENABLE_ASYNC_EXECUTE=false): call again with sync=true', { code: 'disabled' })
+    }
+    const caller = callerOf(principal, extra)
+    let submitted
+    try {
+      submitted = tasks.submit({ principal, agentId: caller.agentId }, args)
+    } catch (err) {
+      return fromError(err)
+    }
+    let task = submitted.task
+    if (sync && !TERMINAL.has(task.status)) {
+      const progressToken = extra._meta?.progressToken
+      const started = Date.now()
+      const ticker = progressToken === undefined
+        ? undefined
+        : setInterval(() => {
+          const current = tasks.get(principal, task.id)
+          extra.sendNotification({ method: 'notifications/progress', params: { progressToken, progress: Date.now() - started, message: `task ${current.status}` } }).catch(() => {})
+        }, 1_000)
+      try {
+        task = await tasks.waitForEnd(task.id, deps.syncWaitMs, extra.signal)
+      } finally {
+        clearInterval(ticker)
+      }
+    }
+    const view = { ...taskView(task), existing: submitted.existing }
+    if (!TERMINAL.has(task.status)) {
+      return jsonResult({ ...view, hint: `The task continues in the background: call get_task_status with task_id "${task.id}" to follow it.` })
+    }
+    return jsonResult(view)
+  })
+
+  server.registerTool('get_task_status', {
+    title: 'Task status',
+    description: 'The current state of a task, with its result when it has ended.',
+    inputSchema: { task_id: taskId },
+    outputSchema: TaskViewShape,
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id }) => {
+    try {
+      return jsonResult(taskView(tasks.get(principal, id)))
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('get_task_history', {
+    title: 'Task history',
+    description: 'The events of a task in order (queued, started, output, ended…), paged by sequence number.',
+    inputSchema: {
+      task_id: taskId,
+      after: z.number().int().min(0).optional().describe('Return events after this sequence number (default 0)'),
+      limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100)')
+    },
+    outputSchema: {
+      task_id: z.string(),
+      status: z.enum(TASK_STATUSES),
+      events: z.array(z.object({ seq: z.number(), at: z.string(), type: z.string(), data: z.record(z.string(), z.unknown()) })),
+      next_after: z.number().nullable()
+    },
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id, after, limit }) => {
+    try {
+      const pageSize = limit ?? 100
+      const { task, events } = tasks.history(principal, id, after ?? 0, pageSize)
+      return jsonResult({
+        task_id: task.id,
+        status: task.status,
+        events: events.map((e) => ({ seq: e.seq, at: new Date(e.at).toISOString(), type: e.type, data: e.data })),
+        next_after: events.length === pageSize ? events[events.length - 1].seq : null
+      })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('send_task_control', {
+    title: 'Control a task',
+    description: 'cancel a queued or running task (its container is stopped), or pause / resume a running one (the timeout clock stops while paused).',
+    inputSchema: { task_id: taskId, control: z.enum(['cancel', 'pause', 'resume']) },
+    outputSchema: TaskViewShape
+  }, async ({ task_id: id, control }) => {
+    try {
+      return jsonResult(taskView(await tasks.control(principal, id, control)))
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('list_tasks', {
+    title: 'List tasks',
+    description: 'Your tasks, newest first, optionally filtered by status or agent.',
+    inputSchema: {
+      status: z.enum(TASK_STATUSES).optional(),
+      agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
+      limit: z.number().int().min(1).max(200).optional(),
+      offset: z.number().int().min(0).optional()
+    },
+    outputSchema: { tasks: z.array(z.object(TaskViewShape)), total: z.number() },
+    annotations: { readOnlyHint: true }
+  }, async (filter) => {
+    const { tasks: list, total } = tasks.list(principal, filter)
+    return jsonResult({ tasks: list.map(taskView), total })
+  })
+}

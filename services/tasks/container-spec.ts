@@ -1,0 +1,49 @@
+/**
+ * The runner container spec. The service alone decides it: resource limits from config, every
+ * privilege dropped, labels for reconciliation, the task as one argv element (never a shell).
+ */
+import type { Config } from '../config.js'
+import { parseByteSize } from '../config.js'
+import type { ContainerCreateSpec } from '../docker/engine.js'
+
+export const LABEL = {
+  service: 'letta-opencode-plugin.service',
+  task: 'letta-opencode-plugin.task-id',
+  agent: 'letta-opencode-plugin.agent-id',
+  instance: 'letta-opencode-plugin.instance'
+} as const
+
+export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' | 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S'>
+
+export function containerSpec (config: RunnerConfig, task: { id: string, agent_id: string | null, argv: string[] }, instance: string): ContainerCreateSpec {
+  const memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
+  return {
+    Image: config.RUNNER_IMAGE,
+    Cmd: task.argv,
+    User: config.RUNNER_USER,
+    Tty: false,
+    OpenStdin: false,
+    AttachStdout: true,
+    AttachStderr: true,
+    StopTimeout: config.RUNNER_STOP_GRACE_S,
+    Labels: {
+      [LABEL.service]: 'letta-opencode-plugin',
+      [LABEL.task]: task.id,
+      [LABEL.agent]: task.agent_id ?? '',
+      [LABEL.instance]: instance
+    },
+    HostConfig: {
+      NanoCpus: Math.round(config.RUNNER_CPU_LIMIT * 1e9),
+      Memory: memory,
+      MemorySwap: memory,
+      PidsLimit: config.RUNNER_PIDS_LIMIT,
+      CapDrop: ['ALL'],
+      SecurityOpt: ['no-new-privileges:true'],
+      Privileged: false,
+      Init: true,
+      NetworkMode: config.RUNNER_NETWORK,
+      AutoRemove: false,
+      LogConfig: { Type: 'json-file', Config: { 'max-size': '50m', 'max-file': '1' } }
+    }
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * A counting semaphore with a bounded FIFO of waiters. `running` never exceeds `limit`, however
+ * many acquire at once; a full queue refuses at once instead of growing.
+ */
+export class QueueFullError extends Error {
+  override name = 'QueueFullError'
+}
+
+interface Waiter { id: string, resolve: (release: () => void) => void, reject: (err: Error) => void }
+
+export class Semaphore {
+  private active = 0
+  private readonly waiters: Waiter[] = []
+
+  constructor (readonly limit: number, readonly maxWaiting: number) {}
+
+  get running (): number { return this.active }
+  get waiting (): number { return this.waiters.length }
+
+  /** Resolves with a release function once a slot is free; `id` lets a waiter be withdrawn. */
+  acquire (id: string): Promise<() => void> {
+    if (this.active < this.limit && this.waiters.length === 0) {
+      this.active++
+      return Promise.resolve(this.releaser())
+    }
+    if (this.waiters.length >= this.maxWaiting) {
+      return Promise.reject(new QueueFullError(`queue full: ${this.active} running, ${this.waiters.length} waiting`))
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ id, resolve, reject }))
+  }
+
+  /** Removes a waiter (a task cancelled while queued); its acquire rejects with `reason`. */
+  withdraw (id: string, reason: Error): boolean {
+    const i = this.waiters.findIndex((w) => w.id === id)
+    if (i < 0) return false
+    this.waiters.splice(i, 1)[0].reject(reason)
+    return true
+  }
+
+  private releaser (): () => void {
+    let done = false
+    return () => {
+      if (done) return
+      done = true
+      const next = this.waiters.shift()
+      if (next) next.resolve(this.releaser())
+      else this.active--
+    }
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Task store: SQLite (better-sqlite3) in DATA_DIR, with numbered migrations. Tasks, their events and
+ * idempotency keys. Writes are synchronous, so a state change is on disk before the side effect
+ * that follows it.
+ */
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import type { TaskEvent, TaskRecord, TaskStatus } from './types.js'
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE tasks (
+     id TEXT PRIMARY KEY,
+     principal TEXT NOT NULL,
+     agent_id TEXT,
+     description TEXT NOT NULL,
+     status TEXT NOT NULL,
+     timeout_ms INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     started_at INTEGER,
+     finished_at INTEGER,
+     exit_code INTEGER,
+     reason TEXT,
+     error TEXT,
+     output TEXT,
+     output_truncated INTEGER NOT NULL DEFAULT 0,
+     output_bytes INTEGER NOT NULL DEFAULT 0,
+     container_id TEXT,
+     idempotency_key TEXT
+   );
+   CREATE INDEX tasks_principal_created ON tasks (principal, created_at DESC);
+   CREATE INDEX tasks_status ON tasks (status);
+   CREATE TABLE task_events (
+     task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+     seq INTEGER NOT NULL,
+     at INTEGER NOT NULL,
+     type TEXT NOT NULL,
+     data TEXT NOT NULL,
+     PRIMARY KEY (task_id, seq)
+   );
+   CREATE TABLE idempotency_keys (
+     principal TEXT NOT NULL,
+     agent_id TEXT NOT NULL,
+     key TEXT NOT NULL,
+     args_hash TEXT NOT NULL,
+     task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+     created_at INTEGER NOT NULL,
+     PRIMARY KEY (principal, agent_id, key)
+   );`
+]
+
+type Row = Omit<TaskRecord, 'output_truncated'> & { output_truncated: number }
+const toRecord = (r: Row | undefined): TaskRecord | undefined => r && { ...r, output_truncated: r.output_truncated === 1 }
+
+export interface ListFilter { principal: string, status?: TaskStatus, agent_id?: string, limit: number, offset: number }
+
+export class TaskStore {
+  readonly db: Database.Database
+
+  constructor (dataDir: string) {
+    mkdirSync(dataDir, { recursive: true })
+    this.db = new Database(join(dataDir, 'tasks.db'))
+    this.db.pragma('journal_mode = WAL')
+    this.db.pragma('synchronous = NORMAL')
+    this.db.pragma('foreign_keys = ON')
+    this.migrate()
+  }
+
+  private migrate (): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v])
+        this.db.pragma(`user_version = ${v + 1}`)
+      })()
+    }
+  }
+
+  close (): void {
+    this.db.close()
+  }
+
+  insert (task: TaskRecord): void {
+    this.db.prepare(`INSERT INTO tasks (id, principal, agent_id, description, status, timeout_ms, created_at, started_at, finished_at,
+      exit_code, reason, error, output, output_truncated, output_bytes, container_id, idempotency_key)
+      VALUES (@id, @principal, @agent_id, @description, @status, @timeout_ms, @created_at, @started_at, @finished_at,
+      @exit_code, @reason, @error, @output, @output_truncated, @output_bytes, @container_id, @idempotency_key)`)
+      .run({ ...task, output_truncated: task.output_truncated ? 1 : 0 })
+  }
+
+  get (id: string): TaskRecord | undefined {
+    return toRecord(this.db.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as Row | undefined)
+  }
+
+  update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
+    const keys = Object.keys(fields)
+    if (keys.length === 0) return
+    const values = Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, typeof v === 'boolean' ? (v ? 1 : 0) : v]))
+    this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...values, id })
+  }
+
+  list (f: ListFilter): { tasks: TaskRecord[], total: number } {
+    const where = ['principal = @principal']
+    if (f.status) where.push('status = @status')
+    if (f.agent_id) where.push('agent_id = @agent_id')
+    const clause = where.join(' AND ')
+    const rows = this.db.prepare(`SELECT * FROM tasks WHERE ${clause} ORDER BY created_at DESC, id LIMIT @limit OFFSET @offset`).all(f) as Row[]
+    const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks WHERE ${clause}`).get(f) as { n: number }
+    return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
+  }
+
+  /** Tasks in any of these states (start-up recovery). */
+  withStatus (...statuses: TaskStatus[]): TaskRecord[] {
+    const rows = this.db.prepare(`SELECT * FROM tasks WHERE status IN (${statuses.map(() => '?').join(',')}) ORDER BY created_at, id`).all(...statuses) as Row[]
+    return rows.map((r) => toRecord(r) as TaskRecord)
+  }
+
+  addEvent (taskId: string, type: string, data: Record<string, unknown> = {}): TaskEvent {
+    const at = Date.now()
+    const { seq } = this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM task_events WHERE task_id = ?').get(taskId) as { seq: number }
+    this.db.prepare('INSERT INTO task_events (task_id, seq, at, type, data) VALUES (?, ?, ?, ?, ?)').run(taskId, seq, at, type, JSON.stringify(data))
+    return { seq, at, type, data }
+  }
+
+  events (taskId: string, afterSeq: number, limit: number): TaskEvent[] {
+    const rows = this.db.prepare('SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?').all(taskId, afterSeq, limit) as Array<{ seq: number, at: number, type: string, data: string }>
+    return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }))
+  }
+
+  /**
+   * The task an idempotency key already names (within the TTL), or a new task inserted under it,
+   * in one transaction: concurrent duplicates get one task.
+   */
+  claimIdempotent (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord): { task: TaskRecord, existing: boolean, args_hash: string } {
+    return this.db.transaction(() => {
+      const now = Date.now()
+      const row = this.db.prepare('SELECT task_id, args_hash, created_at FROM idempotency_keys WHERE principal = ? AND agent_id = ? AND key = ?')
+        .get(scope.principal, scope.agent_id, scope.key) as { task_id: string, args_hash: string, created_at: number } | undefined
+      if (row && now - row.created_at < scope.ttlMs) {
+        const task = this.get(row.task_id)
+        if (task) return { task, existing: true, args_hash: row.args_hash }
+      }
+      const task = create()
+      this.insert(task)
+      this.db.prepare('INSERT OR REPLACE INTO idempotency_keys (principal, agent_id, key, args_hash, task_id, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(scope.principal, scope.agent_id, scope.key, scope.args_hash, task.id, now)
+      return { task, existing: false, args_hash: scope.args_hash }
+    }).immediate()
+  }
+}

@@ -1,0 +1,37 @@
+/** Task records and states, shared by the store, the engine, the tools and the routes. */
+
+export const TASK_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'timeout', 'cancelled'] as const
+export type TaskStatus = typeof TASK_STATUSES[number]
+export const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'timeout', 'cancelled'])
+
+/** Why a task ended the way it did. */
+export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled'
+
+export interface TaskRecord {
+  id: string
+  principal: string
+  agent_id: string | null
+  description: string
+  status: TaskStatus
+  timeout_ms: number
+  created_at: number
+  started_at: number | null
+  finished_at: number | null
+  exit_code: number | null
+  reason: EndReason | null
+  error: string | null
+  output: string | null
+  output_truncated: boolean
+  output_bytes: number
+  container_id: string | null
+  idempotency_key: string | null
+}
+
+export interface TaskEvent { seq: number, at: number, type: string, data: Record<string, unknown> }
+
+export class TaskError extends Error {
+  override name = 'TaskError'
+  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining', message: string, readonly details: Record<string, unknown> = {}) {
+    super(message)
+  }
+}
