@@ -13,6 +13,7 @@ import securityPlugin from './plugins/security.js'
 import tasksPlugin from './plugins/tasks.js'
 import healthRoute from './routes/health.js'
 import mcpRoute from './routes/mcp.js'
+import tasksRoute from './routes/tasks.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
 
@@ -38,6 +39,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   await fastify.register(healthRoute)
   await fastify.register(mcpRoute)
+  await fastify.register(tasksRoute)
 }
 
 // not encapsulated: the entry point and the tests read the decorators (config, docker, …) from the root

@@ -187,6 +187,12 @@ export class DockerEngine {
     return this.request('GET', `/containers/${id}/json`, { ok: [200] })
   }
 
+  /** One sample of a running container's resource use (processes and memory). */
+  async containerStats (id: string): Promise<{ pids: number, memoryBytes: number }> {
+    const s = await this.request<{ pids_stats?: { current?: number }, memory_stats?: { usage?: number } }>('GET', `/containers/${id}/stats`, { query: { stream: false }, ok: [200] })
+    return { pids: s.pids_stats?.current ?? 0, memoryBytes: s.memory_stats?.usage ?? 0 }
+  }
+
   listContainers (labels: Record<string, string | true>, all = true): Promise<ContainerSummary[]> {
     return this.request('GET', '/containers/json', {
       query: { all, filters: { label: labelFilter(labels) } },

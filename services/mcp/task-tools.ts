@@ -2,8 +2,10 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import * as z from 'zod'
+import type { JSONSchema } from 'zod/v4/core'
 import type { TaskEngine } from '../tasks/engine.js'
-import { TASK_STATUSES, TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
+import { TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
+import { eventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
 import { AGENT_ID_PATTERN } from '../security.js'
 import { callerOf, jsonResult, toolError } from './server.js'
 
@@ -13,46 +15,11 @@ export interface TaskToolDeps {
   syncWaitMs: number
 }
 
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
-
-/** The public view of a task: what every task tool and endpoint returns. */
-export function taskView (t: TaskRecord) {
-  return {
-    task_id: t.id,
-    status: t.status,
-    agent_id: t.agent_id,
-    task_description: t.description,
-    timeout_ms: t.timeout_ms,
-    created_at: iso(t.created_at) as string,
-    started_at: iso(t.started_at),
-    finished_at: iso(t.finished_at),
-    duration_ms: t.started_at && t.finished_at ? t.finished_at - t.started_at : null,
-    exit_code: t.exit_code,
-    reason: t.reason,
-    error: t.error,
-    output: t.output,
-    output_truncated: t.output_truncated,
-    output_bytes: t.output_bytes
-  }
-}
-
-export const TaskViewShape = {
-  task_id: z.string(),
-  status: z.enum(TASK_STATUSES),
-  agent_id: z.string().nullable(),
-  task_description: z.string(),
-  timeout_ms: z.number(),
-  created_at: z.string(),
-  started_at: z.string().nullable(),
-  finished_at: z.string().nullable(),
-  duration_ms: z.number().nullable(),
-  exit_code: z.number().nullable(),
-  reason: z.string().nullable(),
-  error: z.string().nullable(),
-  output: z.string().nullable(),
-  output_truncated: z.boolean(),
-  output_bytes: z.number()
-}
+/** The TypeBox view schemas as the zod schemas the MCP SDK takes: one definition for tools and routes. */
+const fromTypeBox = (schema: object) => z.fromJSONSchema(schema as JSONSchema.JSONSchema)
+const TaskViewOutput = fromTypeBox(TaskViewSchema) as z.ZodObject
+const TaskEventOutput = fromTypeBox(TaskEventSchema)
+const TaskViewShape = TaskViewOutput.shape
 
 function fromError (err: unknown): CallToolResult {
   if (err instanceof TaskError) return toolError(err.message, { code: err.code, ...err.details })
@@ -116,7 +83,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Task status',
     description: 'The current state of a task, with its result when it has ended.',
     inputSchema: { task_id: taskId },
-    outputSchema: TaskViewShape,
+    outputSchema: TaskViewOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
     try {
@@ -137,7 +104,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     outputSchema: {
       task_id: z.string(),
       status: z.enum(TASK_STATUSES),
-      events: z.array(z.object({ seq: z.number(), at: z.string(), type: z.string(), data: z.record(z.string(), z.unknown()) })),
+      events: z.array(TaskEventOutput),
       next_after: z.number().nullable()
     },
     annotations: { readOnlyHint: true }
@@ -148,7 +115,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
       return jsonResult({
         task_id: task.id,
         status: task.status,
-        events: events.map((e) => ({ seq: e.seq, at: new Date(e.at).toISOString(), type: e.type, data: e.data })),
+        events: events.map(eventView),
         next_after: events.length === pageSize ? events[events.length - 1].seq : null
       })
     } catch (err) {
@@ -160,7 +127,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Control a task',
     description: 'cancel a queued or running task (its container is stopped), or pause / resume a running one (the timeout clock stops while paused).',
     inputSchema: { task_id: taskId, control: z.enum(['cancel', 'pause', 'resume']) },
-    outputSchema: TaskViewShape
+    outputSchema: TaskViewOutput
   }, async ({ task_id: id, control }) => {
     try {
       return jsonResult(taskView(await tasks.control(principal, id, control)))
@@ -178,10 +145,39 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
       limit: z.number().int().min(1).max(200).optional(),
       offset: z.number().int().min(0).optional()
     },
-    outputSchema: { tasks: z.array(z.object(TaskViewShape)), total: z.number() },
+    outputSchema: { tasks: z.array(TaskViewOutput), total: z.number() },
     annotations: { readOnlyHint: true }
   }, async (filter) => {
     const { tasks: list, total } = tasks.list(principal, filter)
     return jsonResult({ tasks: list.map(taskView), total })
+  })
+
+  server.registerTool('get_task_logs', {
+    title: 'Task logs',
+    description: 'The full output of a task (stdout and stderr as written, kept up to TASK_LOG_LIMIT bytes), read in byte ranges ' +
+      'while it runs and after it ended. Call again with offset=next_offset to read on.',
+    inputSchema: {
+      task_id: taskId,
+      offset: z.number().int().min(0).optional().describe('Byte offset to read from (default 0)'),
+      limit: z.number().int().min(1).max(1_048_576).optional().describe('At most this many bytes (default 65536)')
+    },
+    outputSchema: {
+      task_id: z.string(),
+      status: z.enum(TASK_STATUSES),
+      offset: z.number(),
+      next_offset: z.number(),
+      size: z.number().describe('Bytes in the log so far'),
+      eof: z.boolean().describe('True when the task has ended and everything was read'),
+      data: z.string()
+    },
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id, offset = 0, limit = 65_536 }) => {
+    try {
+      const { task, data, size } = await tasks.logs(principal, id, offset, limit)
+      const next = offset + data.length
+      return jsonResult({ task_id: task.id, status: task.status, offset, next_offset: next, size, eof: TERMINAL.has(task.status) && next >= size, data: data.toString('utf8') })
+    } catch (err) {
+      return fromError(err)
+    }
   })
 }

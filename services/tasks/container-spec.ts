@@ -1,6 +1,6 @@
 /**
  * The runner container spec. The service alone decides it: resource limits from config, every
- * privilege dropped, labels for reconciliation, the task as one argv element (never a shell).
+ * privilege dropped, labels for reconciliation (the owner label names the data directory that owns the container), the task as one argv element (never a shell).
  */
 import type { Config } from '../config.js'
 import { parseByteSize } from '../config.js'
@@ -10,12 +10,12 @@ export const LABEL = {
   service: 'letta-opencode-plugin.service',
   task: 'letta-opencode-plugin.task-id',
   agent: 'letta-opencode-plugin.agent-id',
-  instance: 'letta-opencode-plugin.instance'
+  owner: 'letta-opencode-plugin.owner'
 } as const
 
 export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' | 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S'>
 
-export function containerSpec (config: RunnerConfig, task: { id: string, agent_id: string | null, argv: string[] }, instance: string): ContainerCreateSpec {
+export function containerSpec (config: RunnerConfig, task: { id: string, agent_id: string | null, argv: string[] }, owner: string): ContainerCreateSpec {
   const memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
   return {
     Image: config.RUNNER_IMAGE,
@@ -30,7 +30,7 @@ export function containerSpec (config: RunnerConfig, task: { id: string, agent_i
       [LABEL.service]: 'letta-opencode-plugin',
       [LABEL.task]: task.id,
       [LABEL.agent]: task.agent_id ?? '',
-      [LABEL.instance]: instance
+      [LABEL.owner]: owner
     },
     HostConfig: {
       NanoCpus: Math.round(config.RUNNER_CPU_LIMIT * 1e9),

@@ -6,12 +6,11 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
-import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { containerSpec, LABEL } from './container-spec.js'
-import { BoundedOutput, CappedLogFile } from './output.js'
+import { BoundedOutput, CappedLogFile, followLog, readLogRange } from './output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
@@ -35,12 +34,14 @@ interface Live {
   resumedAt: number
 }
 
+/** Read through a call: `live.ending` is set by `control()` while `run()` awaits the engine. */
+const cancelled = (live: Live): boolean => live.ending === 'cancelled'
+
 export class TaskEngine {
   private readonly semaphore: Semaphore
   private readonly live = new Map<string, Live>()
   private readonly endWaiters = new Map<string, Set<(t: TaskRecord) => void>>()
   private readonly logDir: string
-  readonly instance = `${hostname()}-${process.pid}`
   private accepting = true
   /** Aborted on close: monitors stop following; their tasks stay running in the store for recovery. */
   private readonly closing = new AbortController()
@@ -146,21 +147,25 @@ export class TaskEngine {
   private async run (id: string, live: Live): Promise<void> {
     const task = this.store.get(id)
     if (!task || task.status !== 'queued') return
+    // cancelled after the slot was granted but before the run began
+    if (cancelled(live)) return this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
     const startedAt = Date.now()
     this.store.update(id, { status: 'running', started_at: startedAt })
     this.store.addEvent(id, 'started', {})
     this.log.info({ taskId: id, agentId: task.agent_id }, 'task started')
     let containerId: string
     try {
-      const spec = containerSpec(this.config, { id, agent_id: task.agent_id, argv: [task.description] }, this.instance)
+      const spec = containerSpec(this.config, { id, agent_id: task.agent_id, argv: [task.description] }, this.store.owner)
       containerId = (await this.docker.createContainer(spec, `lop-${id.slice(5)}`)).Id
       this.store.update(id, { container_id: containerId })
       live.containerId = containerId
       if (live.ending) throw new Error('cancelled before start')
       await this.docker.startContainer(containerId)
+      // a cancel that came while the container was starting found nothing running to stop
+      if (live.ending) this.stop(live)
     } catch (err) {
       const removal = async () => { if (live.containerId) await this.docker.removeContainer(live.containerId, { force: true }).catch(() => {}) }
-      if (live.ending === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
+      if (cancelled(live)) await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
       else await this.finish(id, { status: 'failed', reason: 'engine_error', error: (err as Error).message }, removal)
       return
     }
@@ -180,7 +185,7 @@ export class TaskEngine {
       const follow = (async () => {
         for await (const chunk of this.docker.containerLogs(containerId, { follow: true, signal: this.closing.signal })) {
           output.push(chunk.data)
-          logFile.write(chunk.data)
+          await logFile.write(chunk.data)
         }
       })()
       const [, exit] = await Promise.all([follow, this.docker.waitContainer(containerId, this.closing.signal)])
@@ -261,6 +266,22 @@ export class TaskEngine {
     return this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
   }
 
+  /** A byte range of the task's full log (kept on disk up to TASK_LOG_LIMIT). */
+  async logs (principal: string, id: string, offset = 0, limit = 65_536): Promise<{ task: TaskRecord, data: Buffer, size: number }> {
+    const task = this.get(principal, id)
+    return { task, ...await readLogRange(this.logPath(id), offset, limit) }
+  }
+
+  /**
+   * The task's log from `offset` to its current end; with `follow`, on as it is written, until the
+   * task has ended and all of it was read.
+   */
+  streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): { task: TaskRecord, chunks: AsyncGenerator<Buffer> } {
+    const task = this.get(principal, id)
+    const ended = opts.follow ? () => TERMINAL.has((this.store.get(id) as TaskRecord).status) : () => true
+    return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
+  }
+
   /** Resolves with the task once it has ended, or with its current state after `ms`. */
   async waitForEnd (id: string, ms: number, signal?: AbortSignal): Promise<TaskRecord> {
     const current = this.store.get(id) as TaskRecord
@@ -339,7 +360,7 @@ export class TaskEngine {
 
   /** Removes labelled containers that belong to no live task, once they are older than the grace period. */
   async reconcile (): Promise<number> {
-    const containers = await this.docker.listContainers({ [LABEL.service]: 'letta-opencode-plugin' })
+    const containers = await this.docker.listContainers({ [LABEL.service]: 'letta-opencode-plugin', [LABEL.owner]: this.store.owner })
     let removed = 0
     for (const c of containers) {
       const taskId = c.Labels[LABEL.task]

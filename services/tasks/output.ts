@@ -3,6 +3,8 @@
  * an explicit `truncated` flag and the total byte count; the full log goes to a file up to a cap.
  */
 import { createWriteStream, type WriteStream } from 'node:fs'
+import { open } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 export class BoundedOutput {
   private head: Buffer[] = []
@@ -58,21 +60,64 @@ export class CappedLogFile {
     this.stream?.on('error', () => { this.capped = true })
   }
 
-  write (chunk: Buffer): void {
-    if (!this.stream || this.capped) return
+  /** Resolves when the chunk is handed to the file, after the disk caught up if it fell behind (backpressure). */
+  async write (chunk: Buffer): Promise<void> {
+    const stream = this.stream
+    if (!stream || this.capped) return
     const room = this.cap - this.written
+    let ok: boolean
     if (chunk.length > room) {
-      this.stream.write(chunk.subarray(0, room))
-      this.stream.write(`\n[log capped at ${this.cap} bytes]\n`)
+      stream.write(chunk.subarray(0, room))
+      ok = stream.write(`\n[log capped at ${this.cap} bytes]\n`)
       this.written = this.cap
       this.capped = true
-      return
+    } else {
+      ok = stream.write(chunk)
+      this.written += chunk.length
     }
-    this.stream.write(chunk)
-    this.written += chunk.length
+    if (!ok) {
+      await new Promise<void>((resolve) => {
+        const done = () => { stream.off('drain', done); stream.off('close', done); resolve() }
+        stream.on('drain', done).on('close', done)
+      })
+    }
   }
 
   close (): Promise<void> {
     return new Promise((resolve) => (this.stream ? this.stream.end(resolve) : resolve()))
+  }
+}
+
+/** A byte range of a log file; an absent file reads as empty. */
+export async function readLogRange (path: string, offset: number, limit: number): Promise<{ data: Buffer, size: number }> {
+  const file = await open(path, 'r').catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err })
+  if (!file) return { data: Buffer.alloc(0), size: 0 }
+  try {
+    const { size } = await file.stat()
+    const length = Math.max(0, Math.min(limit, size - offset))
+    const data = Buffer.alloc(length)
+    if (length > 0) await file.read(data, 0, length, offset)
+    return { data, size }
+  } finally {
+    await file.close()
+  }
+}
+
+/**
+ * A log file from `offset` as it grows, until `ended()` is true and everything written is read
+ * (the writer closes the file before the task is marked ended), or until `signal` aborts.
+ */
+export async function * followLog (path: string, ended: () => boolean, signal: AbortSignal, offset = 0, pollMs = 200): AsyncGenerator<Buffer> {
+  const chunk = 64 * 1024
+  while (!signal.aborted) {
+    const finished = ended() // read before the file: whatever was written by then is read below
+    const { data } = await readLogRange(path, offset, chunk)
+    if (data.length > 0) {
+      offset += data.length
+      yield data
+      continue
+    }
+    if (finished) return
+    await sleep(pollMs, undefined, { signal }).catch(() => {})
   }
 }

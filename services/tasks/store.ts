@@ -3,6 +3,7 @@
  * idempotency keys. Writes are synchronous, so a state change is on disk before the side effect
  * that follows it.
  */
+import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
@@ -46,7 +47,9 @@ const MIGRATIONS: string[] = [
      task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
      created_at INTEGER NOT NULL,
      PRIMARY KEY (principal, agent_id, key)
-   );`
+   );`,
+  // the identity of this data directory: the runner containers it owns carry it as a label
+  'CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);'
 ]
 
 type Row = Omit<TaskRecord, 'output_truncated'> & { output_truncated: number }
@@ -56,6 +59,12 @@ export interface ListFilter { principal: string, status?: TaskStatus, agent_id?:
 
 export class TaskStore {
   readonly db: Database.Database
+  /**
+   * Made once per data directory and kept: the owner label of the runner containers. Reconciliation
+   * only touches containers with this owner, so several services can share one engine, and a
+   * restarted service recognises its own containers.
+   */
+  readonly owner: string
 
   constructor (dataDir: string) {
     mkdirSync(dataDir, { recursive: true })
@@ -64,6 +73,8 @@ export class TaskStore {
     this.db.pragma('synchronous = NORMAL')
     this.db.pragma('foreign_keys = ON')
     this.migrate()
+    this.db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('owner', ?)").run(randomUUID())
+    this.owner = (this.db.prepare("SELECT value FROM meta WHERE key = 'owner'").get() as { value: string }).value
   }
 
   private migrate (): void {
