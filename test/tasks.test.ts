@@ -195,3 +195,63 @@ t.test('large output is kept as head and tail with a truncated flag; the full lo
   const { statSync } = await import('node:fs')
   t.equal(statSync(app.tasks.logPath(done.task_id)).size, 8 * 1024 * 1024, 'full log on disk')
 })
+
+t.test('a fork bomb is held by the pids limit, ends at its timeout, and leaves the service working', async (t) => {
+  const { client } = await setup(t, { RUNNER_PIDS_LIMIT: '32' })
+  const task = await execute(client, { task_description: 'fork-bomb', timeout_ms: 5_000 })
+  await waitFor(t, 'container running', async () => (await containersOf(task.task_id)).some((c) => c.State === 'running'))
+  const [c] = await containersOf(task.task_id)
+  let most = 0
+  for (let i = 0; i < 3; i++) {
+    const stats = await engine.containerStats(c.Id).catch(() => ({ pids: 0 }))
+    most = Math.max(most, stats.pids)
+  }
+  t.ok(most > 8, `the bomb did fork (saw ${most} processes)`)
+  t.ok(most <= 32, `never more processes than the limit (saw ${most})`)
+  await waitFor(t, 'task ended', async () => (await status(client, task.task_id)).status !== 'running', 20_000)
+  t.match(await status(client, task.task_id), { status: 'timeout', reason: 'timeout' })
+  await waitFor(t, 'container removed', async () => (await containersOf(task.task_id)).length === 0)
+  t.equal((await execute(client, { task_description: 'say still here', sync: true })).output, 'still here\n')
+})
+
+t.test('100 MB of output: service memory stays bounded, the result holds head and tail, the log the rest', async (t) => {
+  const { app, client } = await setup(t, { RUNNER_CPU_LIMIT: '1', TASK_LOG_LIMIT: String(16 * 1024 * 1024) })
+  const used = () => { const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers }
+  const before = used()
+  let peak = before
+  const sampler = setInterval(() => { peak = Math.max(peak, used()) }, 20)
+  const done = await execute(client, { task_description: 'print-mb 100', sync: true, timeout_ms: 120_000 })
+  clearInterval(sampler)
+  t.match(done, { status: 'completed', output_truncated: true, output_bytes: 100 * 1024 * 1024 })
+  t.ok((done.output as string).length < 70_000, 'the result is bounded by TASK_OUTPUT_LIMIT')
+  const growth = (peak - before) / 1024 / 1024
+  t.ok(growth < 48, `heap + buffers grew by ${growth.toFixed(1)} MB while 100 MB went through`)
+  const { statSync } = await import('node:fs')
+  t.ok(statSync(app.tasks.logPath(done.task_id)).size <= 16 * 1024 * 1024 + 100, 'the on-disk log stops at TASK_LOG_LIMIT')
+})
+
+t.test('a sync call sends progress notifications when the client gives a progress token', async (t) => {
+  const { client } = await setup(t)
+  const notes: Array<{ progress: number, message?: string }> = []
+  const res = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'sleep 2.5 say done', sync: true } }, undefined, {
+    onprogress: (p) => { notes.push(p) }
+  }) as CallToolResult
+  t.match(res.structuredContent, { status: 'completed', output: 'done\n' })
+  t.ok(notes.length >= 2, `progress notifications arrived (${notes.length})`)
+  t.ok(notes.every((n, i) => i === 0 || n.progress > notes[i - 1].progress), 'progress increases')
+  t.match(notes[0].message, /task (queued|running)/)
+})
+
+t.test('a client that disconnects does not cancel its submitted task', async (t) => {
+  const { url } = await setup(t)
+  const first = await connect(t, url, { 'x-agent-id': 'agent-tests' })
+  const pending = first.client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'sleep 1.5 say survived', sync: true } }).catch(() => undefined)
+  await new Promise((resolve) => setTimeout(resolve, 400))
+  await first.client.close()
+  await pending
+  const second = (await connect(t, url, { 'x-agent-id': 'agent-tests' })).client
+  const { tasks } = (await call(second, 'list_tasks', {})).structuredContent as { tasks: Task[] }
+  t.equal(tasks.length, 1)
+  await waitFor(t, 'completion', async () => (await status(second, tasks[0].task_id)).status === 'completed', 15_000)
+  t.equal((await status(second, tasks[0].task_id)).output, 'survived\n')
+})

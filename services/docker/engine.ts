@@ -215,6 +215,27 @@ export class DockerEngine {
     }
   }
 
+  /**
+   * Attaches to stdout and stderr of a created container before it starts: nothing is missed, the
+   * engine's log rotation does not apply, and a slow reader holds the container's writes back
+   * (backpressure) instead of growing a buffer. The stream ends when the container stops.
+   */
+  async attachContainer (id: string, signal?: AbortSignal): Promise<AsyncGenerator<LogChunk>> {
+    const res = await this.request<IncomingMessage>('POST', `/containers/${id}/attach`, {
+      query: { stream: true, stdout: true, stderr: true },
+      ok: [101, 200],
+      stream: true,
+      signal
+    })
+    return (async function * () {
+      try {
+        yield * demuxDockerStream(res)
+      } finally {
+        res.destroy()
+      }
+    })()
+  }
+
   /** A tar stream of `path` inside the container (works on stopped containers too). */
   getArchive (id: string, path: string): Promise<IncomingMessage> {
     return this.request('GET', `/containers/${id}/archive`, { query: { path }, ok: [200], stream: true })

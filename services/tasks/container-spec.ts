@@ -13,7 +13,7 @@ export const LABEL = {
   owner: 'letta-opencode-plugin.owner'
 } as const
 
-export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' | 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S'>
+export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' | 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT'>
 
 export function containerSpec (config: RunnerConfig, task: { id: string, agent_id: string | null, argv: string[] }, owner: string): ContainerCreateSpec {
   const memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
@@ -43,7 +43,9 @@ export function containerSpec (config: RunnerConfig, task: { id: string, agent_i
       Init: true,
       NetworkMode: config.RUNNER_NETWORK,
       AutoRemove: false,
-      LogConfig: { Type: 'json-file', Config: { 'max-size': '50m', 'max-file': '1' } }
+      // the service reads a run through attach; the engine's log is what a restarted service re-reads,
+      // so it holds as much as the service keeps (TASK_LOG_LIMIT), and goes with the container
+      LogConfig: { Type: 'json-file', Config: { 'max-size': String(Math.max(config.TASK_LOG_LIMIT, 1024 * 1024)), 'max-file': '1' } }
     }
   }
 }

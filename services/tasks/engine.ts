@@ -8,6 +8,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
+import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { containerSpec, LABEL } from './container-spec.js'
 import { BoundedOutput, CappedLogFile, followLog, readLogRange } from './output.js'
@@ -154,12 +155,14 @@ export class TaskEngine {
     this.store.addEvent(id, 'started', {})
     this.log.info({ taskId: id, agentId: task.agent_id }, 'task started')
     let containerId: string
+    let output: AsyncGenerator<LogChunk>
     try {
       const spec = containerSpec(this.config, { id, agent_id: task.agent_id, argv: [task.description] }, this.store.owner)
       containerId = (await this.docker.createContainer(spec, `lop-${id.slice(5)}`)).Id
       this.store.update(id, { container_id: containerId })
       live.containerId = containerId
       if (live.ending) throw new Error('cancelled before start')
+      output = await this.docker.attachContainer(containerId, this.closing.signal)
       await this.docker.startContainer(containerId)
       // a cancel that came while the container was starting found nothing running to stop
       if (live.ending) this.stop(live)
@@ -169,11 +172,14 @@ export class TaskEngine {
       else await this.finish(id, { status: 'failed', reason: 'engine_error', error: (err as Error).message }, removal)
       return
     }
-    await this.monitor(id, containerId, live)
+    await this.monitor(id, containerId, live, output)
   }
 
-  /** Follows a started container to its end and records the result. Also used to re-attach after a restart. */
-  private async monitor (id: string, containerId: string, live: Live): Promise<void> {
+  /**
+   * Follows a started container to its end and records the result. `stream` is the attach stream
+   * of a run; a container re-attached after a restart is read through its logs instead.
+   */
+  private async monitor (id: string, containerId: string, live: Live, stream?: AsyncIterable<LogChunk>): Promise<void> {
     live.resumedAt = Date.now()
     this.armTimeout(id, live)
     const output = new BoundedOutput(this.config.TASK_OUTPUT_LIMIT)
@@ -183,7 +189,8 @@ export class TaskEngine {
     let engineError: string | undefined
     try {
       const follow = (async () => {
-        for await (const chunk of this.docker.containerLogs(containerId, { follow: true, signal: this.closing.signal })) {
+        const chunks = stream ?? this.docker.containerLogs(containerId, { follow: true, signal: this.closing.signal })
+        for await (const chunk of chunks) {
           output.push(chunk.data)
           await logFile.write(chunk.data)
         }

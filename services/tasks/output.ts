@@ -55,7 +55,7 @@ export class CappedLogFile {
   capped = false
 
   constructor (path: string, private readonly cap: number) {
-    this.stream = cap > 0 ? createWriteStream(path, { flags: 'a' }) : undefined
+    this.stream = cap > 0 ? createWriteStream(path) : undefined
     // a log that cannot be written must not fail the task
     this.stream?.on('error', () => { this.capped = true })
   }
