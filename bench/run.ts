@@ -5,8 +5,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, totalmem } from 'node:os'
 import { runSessionsBench } from './sessions.js'
+import { runTasksBench } from './tasks.js'
 
-const rows = [...await runSessionsBench()]
+const rows = [...await runSessionsBench(), ...await runTasksBench()]
 console.table(rows)
 mkdirSync(new URL('./results/', import.meta.url), { recursive: true })
 writeFileSync(new URL('./results/latest.json', import.meta.url), JSON.stringify({
