@@ -197,8 +197,8 @@ export class TaskEngine {
       })()
       const [, exit] = await Promise.all([follow, this.docker.waitContainer(containerId, this.closing.signal)])
       exitCode = exit.StatusCode
-      // the kernel's OOM killer sends SIGKILL (exit 137): only then is the engine asked why
-      oom = exitCode === 137 && (await this.docker.inspectContainer(containerId)).State.OOMKilled
+      // a successful exit needs no post-mortem; a failed one may be the OOM killer's work
+      oom = exitCode !== 0 && (await this.docker.inspectContainer(containerId)).State.OOMKilled
     } catch (err) {
       engineError = (err as Error).message
     } finally {
