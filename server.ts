@@ -22,7 +22,8 @@ async function main (): Promise<void> {
     keepAliveTimeout: 65_000,
     connectionTimeout: 0,
     forceCloseConnections: 'idle',
-    return503OnClosing: true
+    // during the drain requests are still served: /health says draining, status tools keep working
+    return503OnClosing: false
   })
   try {
     await fastify.register(app, { env, envFile: false })
@@ -35,7 +36,9 @@ async function main (): Promise<void> {
     throw err
   }
 
-  closeWithGrace({ delay: 10_000, logger: fastify.log }, async ({ signal, err }) => {
+  // the drain's grace, the containers' stop grace, and a margin for the rest of the shutdown
+  const delay = fastify.config.SHUTDOWN_GRACE_MS + fastify.config.RUNNER_STOP_GRACE_S * 1000 + 15_000
+  closeWithGrace({ delay, logger: fastify.log }, async ({ signal, err }) => {
     if (err) fastify.log.error({ err }, 'shutting down after an error')
     else fastify.log.info({ signal }, 'shutting down')
     await fastify.close()

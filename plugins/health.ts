@@ -20,8 +20,20 @@ export default fp(async (fastify) => {
       engine: fastify.engineProbe.state,
       sessions: fastify.mcpSessions.size,
       security: fastify.securityReport(),
-      protocolVersions: SUPPORTED_PROTOCOL_VERSIONS
+      protocolVersions: SUPPORTED_PROTOCOL_VERSIONS,
+      tasks: {
+        running: fastify.tasks.running,
+        queued: fastify.tasks.queued,
+        max_concurrent: fastify.config.MAX_CONCURRENT_TASKS,
+        max_queued: fastify.config.MAX_QUEUED_TASKS,
+        accepting: !fastify.tasks.draining
+      },
+      load: (({ eventLoopDelay, heapUsed }) => ({
+        shedding: fastify.isUnderPressure(),
+        event_loop_delay_ms: Math.round(eventLoopDelay * 100) / 100,
+        heap_used_bytes: heapUsed
+      }))(fastify.memoryUsage())
     })
-    return { statusCode: body.status === 'unhealthy' ? 503 : 200, body }
+    return { statusCode: body.status === 'unhealthy' || body.status === 'draining' ? 503 : 200, body }
   })
-}, { name: 'health', dependencies: ['docker', 'security', 'mcp-sessions'], fastify: '5.x' })
+}, { name: 'health', dependencies: ['docker', 'security', 'tasks', 'mcp-sessions', 'load-shedding'], fastify: '5.x' })

@@ -19,7 +19,8 @@ export default fp(async (fastify) => {
     health: () => fastify.health().body,
     tasks: fastify.tasks,
     asyncEnabled: fastify.config.ENABLE_ASYNC_EXECUTE,
-    syncWaitMs: fastify.config.SYNC_WAIT_MS
+    syncWaitMs: fastify.config.SYNC_WAIT_MS,
+    onToolCall: (tool: string, outcome: 'ok' | 'error' | 'exception') => fastify.metrics.toolCall(tool, outcome)
   }
   const registry = new SessionRegistry({
     ttlMs: fastify.config.MCP_SESSION_TTL_MS,
@@ -30,4 +31,4 @@ export default fp(async (fastify) => {
   fastify.decorate('mcpSessions', registry)
   fastify.addHook('onReady', async () => registry.start())
   fastify.addHook('preClose', async () => registry.closeAll('shutdown'))
-}, { name: 'mcp-sessions', dependencies: ['config', 'tasks'], fastify: '5.x' })
+}, { name: 'mcp-sessions', dependencies: ['config', 'tasks', 'metrics'], fastify: '5.x' })

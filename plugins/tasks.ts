@@ -1,6 +1,7 @@
 /**
  * Tasks plugin: the task store (SQLite in DATA_DIR) and the task engine with its semaphore queue,
- * decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically.
+ * decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically; the
+ * drain runs first on close.
  */
 import fp from 'fastify-plugin'
 import { TaskEngine } from '../services/tasks/engine.js'
@@ -23,6 +24,8 @@ export default fp(async (fastify) => {
       engine.reconcile().catch((err: Error) => fastify.log.warn({ err }, 'reconcile failed'))
     }, fastify.config.RECONCILE_INTERVAL_MS).unref()
   })
+  // runs before the sessions close and before the server stops listening: status calls still work
+  fastify.addHook('preClose', async () => engine.drain(fastify.config.SHUTDOWN_GRACE_MS))
   fastify.addHook('onClose', async () => {
     clearInterval(timer)
     engine.close()

@@ -47,6 +47,12 @@ export const ConfigSchema = Type.Object({
   MCP_PORT: Int(3500, 0, 65535, 'a TCP port from 0 to 65535'),
   MCP_HOST: Str('127.0.0.1', 'an address to bind, such as 127.0.0.1 or 0.0.0.0', { minLength: 1 }),
   DATA_DIR: Str('./data', 'a writable directory for the task store and logs', { minLength: 1 }),
+  SHUTDOWN_GRACE_MS: Int(20_000, 0, 3_600_000, 'milliseconds from 0 to 3600000 (how long running tasks may finish on SIGTERM)'),
+
+  // Operations
+  METRICS_TOKEN: Str('', 'a token of at least 16 characters for GET /metrics (or METRICS_TOKEN_FILE), or empty to use the MCP authentication', { pattern: '^(\\S{16,})?$' }),
+  SHED_EVENT_LOOP_DELAY_MS: Int(1_000, 0, 60_000, 'milliseconds from 0 to 60000 (0 turns event-loop load shedding off)'),
+  SHED_HEAP_USED_BYTES: Int(0, 0, 64 * 1024 ** 3, 'bytes from 0 to 68719476736 (0 turns heap load shedding off)'),
 
   // Feature flags and logging
   DEBUG: Bool(false, 'true or false'),
@@ -72,7 +78,7 @@ export const ConfigSchema = Type.Object({
 export type Config = Static<typeof ConfigSchema>
 
 /** Variables that may come from a file (`NAME_FILE`, Docker secrets) and are never logged. */
-export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS'] as const
+export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN'] as const
 
 export class ConfigError extends Error {
   override name = 'ConfigError'

@@ -9,7 +9,7 @@ export const SERVICE_NAME = 'letta-opencode-plugin'
 export const HEALTH_PROTOCOL_VERSION = '2025-06-18'
 
 export const HealthReportSchema = z.object({
-  status: z.enum(['healthy', 'degraded', 'unhealthy']),
+  status: z.enum(['healthy', 'degraded', 'unhealthy', 'draining']),
   service: z.string(),
   version: z.string(),
   transport: z.literal('streamable_http'),
@@ -19,6 +19,18 @@ export const HealthReportSchema = z.object({
   uptime: z.number(),
   timestamp: z.string(),
   security: z.object({ origin_validation: z.boolean(), localhost_binding: z.boolean(), authentication: z.boolean() }),
+  load: z.object({
+    shedding: z.boolean().describe('True while requests other than /health and /metrics are refused with 503'),
+    event_loop_delay_ms: z.number(),
+    heap_used_bytes: z.number()
+  }),
+  tasks: z.object({
+    running: z.number().int(),
+    queued: z.number().int(),
+    max_concurrent: z.number().int(),
+    max_queued: z.number().int(),
+    accepting: z.boolean()
+  }),
   docker: z.object({
     reachable: z.boolean(),
     version: z.string().nullable(),
@@ -36,12 +48,19 @@ export interface HealthInputs {
   sessions: number
   security: HealthReport['security']
   protocolVersions: readonly string[]
+  tasks: HealthReport['tasks']
+  load: HealthReport['load']
 }
 
 export function healthReport (inputs: HealthInputs): HealthReport {
-  const { engine } = inputs
+  const { engine, tasks, load } = inputs
+  // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load or refusing new tasks (full queue)
+  const queueFull = tasks.queued >= tasks.max_queued && tasks.running >= tasks.max_concurrent
+  const status = !tasks.accepting
+    ? 'draining'
+    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull ? 'degraded' : 'healthy'
   return {
-    status: engine.reachable ? 'healthy' : 'unhealthy',
+    status,
     service: SERVICE_NAME,
     version: inputs.version,
     transport: 'streamable_http',
@@ -51,6 +70,8 @@ export function healthReport (inputs: HealthInputs): HealthReport {
     uptime: Math.round(process.uptime() * 100) / 100,
     timestamp: new Date().toISOString(),
     security: inputs.security,
+    load,
+    tasks,
     docker: {
       reachable: engine.reachable,
       version: engine.version,

@@ -28,8 +28,10 @@ export class RequestGuard {
   private readonly hosts: string[]
   private readonly origins: string[]
   private readonly tokens: Array<{ principal: string, digest: Buffer }>
+  private readonly metricsDigest: Buffer | undefined
 
-  constructor (config: Pick<Config, 'MCP_ALLOWED_HOSTS' | 'MCP_ALLOWED_ORIGINS' | 'MCP_AUTH_TOKENS'>) {
+  constructor (config: Pick<Config, 'MCP_ALLOWED_HOSTS' | 'MCP_ALLOWED_ORIGINS' | 'MCP_AUTH_TOKENS' | 'METRICS_TOKEN'>) {
+    this.metricsDigest = config.METRICS_TOKEN ? sha256(config.METRICS_TOKEN) : undefined
     this.hosts = splitList(config.MCP_ALLOWED_HOSTS).map((h) => h.toLowerCase())
     this.origins = splitList(config.MCP_ALLOWED_ORIGINS).map((o) => o.toLowerCase().replace(/\/+$/, ''))
     this.tokens = parseAuthTokens(config.MCP_AUTH_TOKENS).map((t) => ({ principal: t.principal, digest: sha256(t.token) }))
@@ -80,6 +82,17 @@ export class RequestGuard {
       return { ok: false, status: 401, message: 'Invalid bearer token', authenticate: 'Bearer realm="letta-opencode-plugin", error="invalid_token"' }
     }
     return { ok: true, principal }
+  }
+
+  get metricsTokenSet (): boolean {
+    return this.metricsDigest !== undefined
+  }
+
+  /** GET /metrics with METRICS_TOKEN set: that bearer token and nothing else (a scraper is not a browser). */
+  checkMetrics (authorization: string | undefined): GuardResult {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '')
+    if (this.metricsDigest && m && timingSafeEqual(this.metricsDigest, sha256(m[1]))) return { ok: true, principal: 'metrics' }
+    return { ok: false, status: 401, message: 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>', authenticate: 'Bearer realm="letta-opencode-plugin-metrics"' }
   }
 
   /** All checks in spec order: Host, Origin, then the token. */

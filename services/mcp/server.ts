@@ -13,6 +13,8 @@ export interface ToolDeps extends TaskToolDeps {
   version: string
   /** The same report as GET /health. */
   health: () => HealthReport
+  /** Told of every tool call's outcome (metrics). */
+  onToolCall?: (tool: string, outcome: 'ok' | 'error' | 'exception') => void
 }
 
 /** What every tool knows about its caller. */
@@ -41,6 +43,23 @@ export function callerOf (principal: string, extra: RequestExtra): Caller {
   return { principal, sessionId: extra.sessionId, agentId }
 }
 
+/** Wraps every tool this server registers so `onToolCall` hears of each call's outcome. */
+function countToolCalls (server: McpServer, onToolCall: ToolDeps['onToolCall']): void {
+  if (!onToolCall) return
+  const register = server.registerTool.bind(server)
+  type Handler = (...args: unknown[]) => Promise<CallToolResult>
+  server.registerTool = ((name: string, config: object, handler: Handler) => register(name, config, async (...args: unknown[]) => {
+    try {
+      const result = await handler(...args)
+      onToolCall(name, result.isError ? 'error' : 'ok')
+      return result
+    } catch (err) {
+      onToolCall(name, 'exception')
+      throw err
+    }
+  })) as typeof server.registerTool
+}
+
 export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
   const server = new McpServer(
     { name: SERVICE_NAME, version: deps.version },
@@ -50,6 +69,8 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
         'Use opencode_execute_task to start one, get_task_status / get_task_history to follow it.'
     }
   )
+
+  countToolCalls(server, deps.onToolCall)
 
   server.registerTool('ping', {
     title: 'Ping',

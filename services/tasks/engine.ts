@@ -5,6 +5,7 @@
  * effect that follows it, so a restart can reconcile.
  */
 import { createHash, randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
@@ -18,7 +19,7 @@ import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, t
 
 export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
-'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS'>
+'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
@@ -35,10 +36,18 @@ interface Live {
   resumedAt: number
 }
 
+/** What the engine tells its listeners (metrics, Letta): each after the change is in the store. */
+export interface TaskEngineEvents {
+  queued: [TaskRecord]
+  started: [TaskRecord]
+  ended: [TaskRecord]
+  orphan_removed: [containerId: string]
+}
+
 /** Read through a call: `live.ending` is set by `control()` while `run()` awaits the engine. */
 const cancelled = (live: Live): boolean => live.ending === 'cancelled'
 
-export class TaskEngine {
+export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly semaphore: Semaphore
   private readonly live = new Map<string, Live>()
   private readonly endWaiters = new Map<string, Set<(t: TaskRecord) => void>>()
@@ -53,12 +62,15 @@ export class TaskEngine {
     private readonly config: EngineConfig,
     private readonly log: Logger
   ) {
+    super()
     this.semaphore = new Semaphore(config.MAX_CONCURRENT_TASKS, config.MAX_QUEUED_TASKS)
     this.logDir = join(config.DATA_DIR, 'logs')
     mkdirSync(this.logDir, { recursive: true })
   }
 
   get running (): number { return this.semaphore.running }
+  countByStatus (): Partial<Record<TaskStatus, number>> { return this.store.countByStatus() }
+  get draining (): boolean { return !this.accepting }
   get queued (): number { return this.semaphore.waiting }
 
   logPath (id: string): string {
@@ -117,6 +129,7 @@ export class TaskEngine {
     }
     this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms })
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
+    this.emit('queued', task)
     this.schedule(task)
     return { task, existing: false }
   }
@@ -133,6 +146,8 @@ export class TaskEngine {
     this.semaphore.acquire(task.id).then(async (release) => {
       live.release = release
       try {
+        // draining: a task that has not started stays queued in the store for the next start
+        if (!this.accepting) return
         await this.run(task.id, live)
       } finally {
         release()
@@ -153,7 +168,8 @@ export class TaskEngine {
     const startedAt = Date.now()
     this.store.update(id, { status: 'running', started_at: startedAt })
     this.store.addEvent(id, 'started', {})
-    this.log.info({ taskId: id, agentId: task.agent_id }, 'task started')
+    this.log.info({ taskId: id, agentId: task.agent_id, principal: task.principal, queuedMs: startedAt - task.created_at }, 'task started')
+    this.emit('started', { ...task, status: 'running', started_at: startedAt })
     let containerId: string
     let output: AsyncGenerator<LogChunk>
     try {
@@ -211,11 +227,14 @@ export class TaskEngine {
     const status: TaskStatus = reason === 'timeout'
       ? 'timeout'
       : reason === 'cancelled' ? 'cancelled' : reason === 'exit' && exitCode === 0 ? 'completed' : 'failed'
-    const error = reason === 'timeout'
-      ? `timed out after ${this.store.get(id)?.timeout_ms} ms; the container was stopped`
-      : reason === 'oom'
-        ? `killed for running out of memory (RUNNER_MEMORY_LIMIT=${this.config.RUNNER_MEMORY_LIMIT})`
-        : reason === 'engine_error' ? engineError ?? 'engine error' : status === 'failed' ? `exited with code ${exitCode}` : null
+    const errors: Partial<Record<EndReason, string>> = {
+      timeout: `timed out after ${this.store.get(id)?.timeout_ms} ms; the container was stopped`,
+      oom: `killed for running out of memory (RUNNER_MEMORY_LIMIT=${this.config.RUNNER_MEMORY_LIMIT})`,
+      engine_error: engineError ?? 'engine error',
+      interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${this.config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
+      exit: status === 'failed' ? `exited with code ${exitCode}` : undefined
+    }
+    const error = errors[reason] ?? null
     // persisted first, then the container removed, then the waiters told: a sync caller sees a clean engine
     await this.finish(id, { status, reason, error, ...result }, () =>
       this.docker.removeContainer(containerId, { force: true }).catch((err: Error) => this.log.warn({ taskId: id, err }, 'container removal failed')))
@@ -252,6 +271,7 @@ export class TaskEngine {
     const duration = done.started_at ? finishedAt - done.started_at : 0
     this.log.info({ taskId: id, agentId: done.agent_id, principal: done.principal, status: done.status, reason: done.reason, durationMs: duration }, 'task ended')
     await cleanup?.()
+    this.emit('ended', done)
     for (const resolve of this.endWaiters.get(id) ?? []) resolve(done)
     this.endWaiters.delete(id)
   }
@@ -374,13 +394,39 @@ export class TaskEngine {
       const taskId = c.Labels[LABEL.task]
       if (taskId && this.live.has(taskId)) continue
       if (Date.now() - c.Created * 1000 < this.config.ORPHAN_GRACE_MS) continue
-      await this.docker.removeContainer(c.Id, { force: true }).then(() => { removed++ }, () => {})
+      const gone = await this.docker.removeContainer(c.Id, { force: true }).then(() => true, () => false)
+      if (!gone) continue
+      removed++
       this.log.warn({ taskId, container: c.Id }, 'removed orphan task container')
+      this.emit('orphan_removed', c.Id)
     }
     return removed
   }
 
-  /** Stops accepting tasks; running containers are left to recovery on the next start. */
+  /**
+   * Graceful drain (SIGTERM): no new task is accepted and none that waits is started (queued tasks
+   * stay queued in the store and resume on the next start). Running tasks get `graceMs` to end;
+   * then their containers are stopped and they are recorded as failed with reason `interrupted`.
+   */
+  async drain (graceMs: number): Promise<void> {
+    this.accepting = false
+    const running = () => [...this.live.entries()].filter(([, live]) => live.containerId)
+    const ends = (ids: string[], ms: number) => Promise.all(ids.map((id) => this.waitForEnd(id, ms)))
+    if (running().length === 0) return
+    this.log.info({ running: running().length, graceMs }, 'draining: waiting for running tasks')
+    await ends(running().map(([id]) => id), graceMs)
+    const left = running()
+    if (left.length === 0) return
+    this.log.warn({ tasks: left.map(([id]) => id) }, 'draining: grace period over, stopping the tasks still running')
+    for (const [id, live] of left) {
+      live.ending = 'interrupted'
+      this.store.addEvent(id, 'interrupted', { grace_ms: graceMs })
+      this.stop(live)
+    }
+    await ends(left.map(([id]) => id), (this.config.RUNNER_STOP_GRACE_S + 10) * 1000)
+  }
+
+  /** Stops following: tasks still running stay running in the store, for recovery on the next start. */
   close (): void {
     this.accepting = false
     this.closing.abort()

@@ -120,6 +120,12 @@ export class TaskStore {
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
   }
 
+  /** How many tasks are in each state (metrics). */
+  countByStatus (): Partial<Record<TaskStatus, number>> {
+    const rows = this.db.prepare('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status').all() as Array<{ status: TaskStatus, n: number }>
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]))
+  }
+
   /** Tasks in any of these states (start-up recovery). */
   withStatus (...statuses: TaskStatus[]): TaskRecord[] {
     const rows = this.db.prepare(`SELECT * FROM tasks WHERE status IN (${statuses.map(() => '?').join(',')}) ORDER BY created_at, id`).all(...statuses) as Row[]

@@ -1,0 +1,29 @@
+/**
+ * Metrics plugin: the Prometheus registry as `metrics`, fed by the task engine's events. Gauges
+ * read the engine, the probe and the session registry when scraped.
+ */
+import fp from 'fastify-plugin'
+import { Metrics } from '../services/metrics.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Metrics
+  }
+}
+
+export default fp(async (fastify) => {
+  const tasks = fastify.tasks
+  const metrics = new Metrics({
+    taskCounts: () => tasks.countByStatus(),
+    queued: () => tasks.queued,
+    running: () => tasks.running,
+    // registered after this plugin; read at scrape time
+    sessions: () => fastify.mcpSessions?.size ?? 0,
+    engineUp: () => fastify.engineProbe.state.reachable,
+    draining: () => tasks.draining
+  })
+  tasks.on('started', (task) => metrics.taskStarted(task))
+  tasks.on('ended', (task) => metrics.taskEnded(task))
+  tasks.on('orphan_removed', () => metrics.orphanRemoved())
+  fastify.decorate('metrics', metrics)
+}, { name: 'metrics', dependencies: ['docker', 'tasks'], fastify: '5.x' })
