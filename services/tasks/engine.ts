@@ -354,6 +354,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.update(id, { status: 'running' })
     }
     this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs })
+    this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
     return this.store.get(id) as TaskRecord
   }
 
