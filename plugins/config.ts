@@ -5,11 +5,13 @@
  */
 import fastifyEnv from '@fastify/env'
 import fp from 'fastify-plugin'
-import { checkConfig, ConfigError, ConfigSchema, formatConfigErrors, readEnvSources, type Config } from '../services/config.js'
+import { checkConfig, ConfigError, ConfigSchema, formatConfigErrors, passthroughEnv, readEnvSources, type Config } from '../services/config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config
+    /** RUNNER_ENV_PASSTHROUGH's values, for runner containers only: never logged, redacted from output. */
+    runnerEnv: Record<string, string>
   }
 }
 
@@ -30,4 +32,5 @@ export default fp<ConfigPluginOptions>(async (fastify, opts) => {
     throw err
   }
   checkConfig(fastify.config)
+  fastify.decorate('runnerEnv', passthroughEnv(fastify.config, source))
 }, { name: 'config', fastify: '5.x' })

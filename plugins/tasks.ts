@@ -15,7 +15,7 @@ declare module 'fastify' {
 
 export default fp(async (fastify) => {
   const store = new TaskStore(fastify.config.DATA_DIR)
-  const engine = new TaskEngine(store, fastify.docker, fastify.config, fastify.log)
+  const engine = new TaskEngine(store, fastify.docker, fastify.config, fastify.log, fastify.runnerEnv)
   fastify.decorate('tasks', engine)
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {

@@ -32,6 +32,13 @@ export const ConfigSchema = Type.Object({
   RUNNER_PIDS_LIMIT: Int(512, 16, 65_536, 'an integer from 16 to 65536'),
   RUNNER_USER: Str('1000:1000', 'a non-root uid:gid such as 1000:1000', { pattern: '^[1-9][0-9]*:[1-9][0-9]*$' }),
   RUNNER_STOP_GRACE_S: Int(10, 0, 300, 'seconds from 0 to 300 between SIGTERM and SIGKILL'),
+  RUNNER_MODEL: Str('', 'a provider/model such as anthropic/claude-sonnet-4-5, or empty for the model OpenCode is configured with', { pattern: '^([A-Za-z0-9._-]+/[A-Za-z0-9._:/@-]+)?$' }),
+  RUNNER_MODELS_ALLOWED: Str('', 'a comma list of provider/model a task may ask for; empty means only RUNNER_MODEL'),
+  RUNNER_ENV_PASSTHROUGH: Str('', 'a comma list of variable names passed to runner containers, such as ANTHROPIC_API_KEY,OPENAI_API_KEY', { pattern: '^([A-Za-z_][A-Za-z0-9_]*(\\s*,\\s*[A-Za-z_][A-Za-z0-9_]*)*)?$' }),
+  RUNNER_OPENCODE_CONFIG_DIR: Str('', 'a host directory or Docker volume holding opencode.json, mounted read-only in runner containers, or empty'),
+  RUNNER_IDLE_TIMEOUT_MS: Int(600_000, 0, 86_400_000, 'milliseconds from 0 to 86400000 (a task that prints nothing this long ends as stalled; 0 turns it off)'),
+  MAX_TASK_FILE_SIZE: Int(1024 * 1024, 1024, 64 * 1024 * 1024, 'bytes from 1024 to 67108864 (the largest file read_task_file returns)'),
+  WORKSPACE_RETENTION_MS: Int(7 * 86_400_000, 0, 365 * 86_400_000, 'milliseconds from 0 to 31536000000 (how long a finished task\'s workspace is kept)'),
   TASK_OUTPUT_LIMIT: Int(65_536, 1_024, 16 * 1024 * 1024, 'bytes from 1024 to 16777216 (head and tail of the output kept in results)'),
   TASK_LOG_LIMIT: Int(100 * 1024 * 1024, 0, 10 * 1024 ** 3, 'bytes from 0 to 10737418240 (full log kept on disk per task)'),
 
@@ -183,8 +190,26 @@ export function checkConfig (config: Config): void {
     const missing = config.LETTA_API_URL ? 'LETTA_API_TOKEN (or LETTA_API_TOKEN_FILE)' : 'LETTA_API_URL'
     throw new ConfigError(`Invalid configuration: Letta needs both LETTA_API_URL and LETTA_API_TOKEN; set ${missing}, or leave both empty to run without Letta`)
   }
+  const leaked = splitList(config.RUNNER_ENV_PASSTHROUGH).filter((name) => (SECRET_VARIABLES as readonly string[]).includes(name) || name.endsWith('_FILE'))
+  if (leaked.length) {
+    throw new ConfigError(`Invalid configuration: RUNNER_ENV_PASSTHROUGH names ${leaked.join(', ')}, a secret of the service itself; pass only the model providers' variables, such as ANTHROPIC_API_KEY`)
+  }
   const tokens = parseAuthTokens(config.MCP_AUTH_TOKENS)
   if (tokens.length === 0 && !isLoopbackHost(config.MCP_HOST) && !config.MCP_ALLOW_UNAUTHENTICATED) {
     throw new ConfigError(`Refusing to listen on ${config.MCP_HOST} without authentication: set MCP_AUTH_TOKENS=principal:token (generate a token with: openssl rand -hex 32), or bind MCP_HOST=127.0.0.1, or set MCP_ALLOW_UNAUTHENTICATED=true to accept unauthenticated clients on purpose`)
   }
+}
+
+/**
+ * The variables passed through to runner containers (RUNNER_ENV_PASSTHROUGH), read from the same
+ * sources as the config (environment over .env; NAME_FILE too). Unset names are left out.
+ */
+export function passthroughEnv (config: Pick<Config, 'RUNNER_ENV_PASSTHROUGH'>, source: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const name of splitList(config.RUNNER_ENV_PASSTHROUGH)) {
+    const file = source[`${name}_FILE`]
+    const value = source[name] ?? (file ? readFileSync(file, 'utf8').trim() : undefined)
+    if (value) env[name] = value
+  }
+  return env
 }

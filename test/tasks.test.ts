@@ -53,7 +53,7 @@ t.test('the container spec carries the limits and drops every privilege', async 
   t.match(info.HostConfig, { NanoCpus: 5e8, Memory: 64 * 1024 ** 2, MemorySwap: 64 * 1024 ** 2, PidsLimit: 512, CapDrop: ['ALL'], Privileged: false, Init: true, NetworkMode: 'none' })
   t.ok(info.HostConfig.SecurityOpt.some((o) => o.startsWith('no-new-privileges')))
   t.equal(info.Config.User, '1000:1000')
-  t.same(info.Config.Cmd, ['sleep 20'], 'the task is one argv element')
+  t.same(info.Config.Cmd, ['run', '--format', 'json', '--auto', '--', 'sleep 20'], 'the task is one argv element')
   t.match(info.Config.Labels, { [LABEL.service]: 'letta-opencode-plugin', [LABEL.agent]: 'agent-tests' })
   const cancelled = (await call(client, 'send_task_control', { task_id: task.task_id, control: 'cancel' })).structuredContent as Task
   t.match(cancelled, { status: 'cancelled', reason: 'cancelled' })
@@ -233,7 +233,7 @@ t.test('100 MB of output: service memory stays bounded, the result holds head an
 t.test('a sync call sends progress notifications when the client gives a progress token', async (t) => {
   const { client } = await setup(t)
   const notes: Array<{ progress: number, message?: string }> = []
-  const res = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'sleep 2.5 say done', sync: true } }, undefined, {
+  const res = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'sleep 4.5 say done', sync: true } }, undefined, {
     onprogress: (p) => { notes.push(p) }
   }) as CallToolResult
   t.match(res.structuredContent, { status: 'completed', output: 'done\n' })

@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
 import Modem from 'docker-modem'
 import { demuxDockerStream, type LogChunk } from './demux.js'
-import { mapDockerError } from './errors.js'
+import { DockerError, mapDockerError } from './errors.js'
 
 export type Labels = Record<string, string>
 
@@ -236,6 +236,18 @@ export class DockerEngine {
     })()
   }
 
+  /**
+   * The engine's stat of a path in a container (name, size, mode, mtime, linkTarget), from the
+   * X-Docker-Container-Path-Stat header of the archive endpoint; the body is not read.
+   */
+  async statPath (id: string, path: string): Promise<{ name: string, size: number, mode: number, mtime: string, linkTarget: string }> {
+    const res = await this.request<IncomingMessage>('HEAD', `/containers/${id}/archive`, { query: { path }, ok: [200], stream: true })
+    res.destroy()
+    const header = res.headers['x-docker-container-path-stat']
+    if (typeof header !== 'string') throw new DockerError('engine_error', `the engine sent no path stat for ${path}`)
+    return JSON.parse(Buffer.from(header, 'base64').toString('utf8'))
+  }
+
   /** A tar stream of `path` inside the container (works on stopped containers too). */
   getArchive (id: string, path: string): Promise<IncomingMessage> {
     return this.request('GET', `/containers/${id}/archive`, { query: { path }, ok: [200], stream: true })
@@ -256,8 +268,8 @@ export class DockerEngine {
     await this.request('DELETE', `/volumes/${encodeURIComponent(name)}`, { query: { force }, ok: [204] })
   }
 
-  async listVolumes (labels: Record<string, string | true>): Promise<Array<{ Name: string, Labels: Labels | null }>> {
-    const res = await this.request<{ Volumes: Array<{ Name: string, Labels: Labels | null }> | null }>('GET', '/volumes', {
+  async listVolumes (labels: Record<string, string | true>): Promise<Array<{ Name: string, Labels: Labels | null, CreatedAt?: string }>> {
+    const res = await this.request<{ Volumes: Array<{ Name: string, Labels: Labels | null, CreatedAt?: string }> | null }>('GET', '/volumes', {
       query: { filters: { label: labelFilter(labels) } },
       ok: [200]
     })

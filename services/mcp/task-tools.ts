@@ -1,6 +1,7 @@
 /** The task tools: submit, status, history, control and list, all scoped to the caller's principal. */
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js'
+import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js'
 import * as z from 'zod'
 import type { JSONSchema } from 'zod/v4/core'
 import type { TaskEngine } from '../tasks/engine.js'
@@ -28,6 +29,31 @@ function fromError (err: unknown): CallToolResult {
 
 const taskId = z.string().min(1).max(100).describe('The task id returned by opencode_execute_task')
 
+type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>
+
+/**
+ * Waits for a task's end (at most `ms`), sending MCP progress notifications when the client gave a
+ * progress token: one per agent event (the tool it used, its text), and a heartbeat every 2 s.
+ */
+async function waitWithProgress (tasks: TaskEngine, principal: string, id: string, ms: number, extra: Extra) {
+  const progressToken = extra._meta?.progressToken
+  if (progressToken === undefined) return tasks.waitForEnd(id, ms, extra.signal)
+  let progress = 0
+  const send = (message: string) => {
+    extra.sendNotification({ method: 'notifications/progress', params: { progressToken, progress: ++progress, message } }).catch(() => {})
+  }
+  const onEvent = (taskId: string, event: { summary: string }) => { if (taskId === id) send(event.summary) }
+  tasks.on('event', onEvent)
+  send(`task ${tasks.get(principal, id).status}`)
+  const heartbeat = setInterval(() => send(`task ${tasks.get(principal, id).status}${tasks.lastEvent(id) ? `: ${tasks.lastEvent(id)}` : ''}`), 2_000)
+  try {
+    return await tasks.waitForEnd(id, ms, extra.signal)
+  } finally {
+    clearInterval(heartbeat)
+    tasks.off('event', onEvent)
+  }
+}
+
 export function registerTaskTools (server: McpServer, deps: TaskToolDeps, principal: string): void {
   const { tasks } = deps
 
@@ -41,7 +67,16 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
       agent_id: z.string().regex(AGENT_ID_PATTERN).optional().describe('The Letta agent id (defaults to the x-agent-id header)'),
       idempotency_key: z.string().min(1).max(200).optional().describe('Retries with the same key return the same task'),
       timeout_ms: z.number().int().min(1_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
-      sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)')
+      sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)'),
+      model: z.string().min(3).max(200).optional().describe('provider/model for this task, from the server\'s allow-list (RUNNER_MODELS_ALLOWED)'),
+      repository: z.object({
+        url: z.string().min(1).max(2_000).describe('A network git URL (https://…, ssh://…, git@host:path)'),
+        branch: z.string().min(1).max(250).regex(/^[^\s-][^\s]*$/).optional().describe('Branch or tag to clone (default: the remote\'s default)')
+      }).optional().describe('A git repository cloned into the workspace before the agent starts'),
+      files: z.array(z.object({
+        path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
+        content: z.string().describe('UTF-8 content')
+      })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)')
     },
     outputSchema: { ...TaskViewShape, existing: z.boolean(), hint: z.string().optional() }
   }, async (args, extra) => {
@@ -58,19 +93,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     let task = submitted.task
     if (sync && !TERMINAL.has(task.status)) {
-      const progressToken = extra._meta?.progressToken
-      const started = Date.now()
-      const ticker = progressToken === undefined
-        ? undefined
-        : setInterval(() => {
-          const current = tasks.get(principal, task.id)
-          extra.sendNotification({ method: 'notifications/progress', params: { progressToken, progress: Date.now() - started, message: `task ${current.status}` } }).catch(() => {})
-        }, 1_000)
-      try {
-        task = await tasks.waitForEnd(task.id, deps.syncWaitMs, extra.signal)
-      } finally {
-        clearInterval(ticker)
-      }
+      task = await waitWithProgress(tasks, principal, task.id, deps.syncWaitMs, extra)
     }
     const view = { ...taskView(task), existing: submitted.existing }
     if (!TERMINAL.has(task.status)) {
@@ -176,6 +199,76 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
       const { task, data, size } = await tasks.logs(principal, id, offset, limit)
       const next = offset + data.length
       return jsonResult({ task_id: task.id, status: task.status, offset, next_offset: next, size, eof: TERMINAL.has(task.status) && next >= size, data: data.toString('utf8') })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('send_task_message', {
+    title: 'Send a follow-up message to a task',
+    description: 'Continues the task\'s OpenCode session in the same workspace: to a running task the message is queued and ' +
+      'becomes the next turn when the current one ends; to an ended task it starts a follow-up turn. The reply says which happened.',
+    inputSchema: { task_id: taskId, message: z.string().min(1).max(100_000).describe('What the agent should do next') },
+    outputSchema: { ...TaskViewShape, delivery: z.enum(['queued_for_next_turn', 'follow_up_started']) }
+  }, async ({ task_id: id, message }) => {
+    try {
+      const { task, delivery } = tasks.message(principal, id, message)
+      return jsonResult({ ...taskView(task), delivery })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('get_task_files', {
+    title: 'List workspace files',
+    description: 'Lists the files of a task\'s workspace (recursively), during the run and after it, until WORKSPACE_RETENTION_MS.',
+    inputSchema: {
+      task_id: taskId,
+      path: z.string().max(1_000).optional().describe('A directory relative to the workspace (default: its root)'),
+      limit: z.number().int().min(1).max(5_000).optional().describe('At most this many entries (default 1000)')
+    },
+    outputSchema: {
+      task_id: z.string(),
+      path: z.string(),
+      entries: z.array(z.object({ path: z.string(), type: z.enum(['file', 'directory', 'symlink']), size: z.number(), modified: z.string(), link_target: z.string().optional() })),
+      truncated: z.boolean()
+    },
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id, path = '', limit = 1_000 }) => {
+    try {
+      const { entries, truncated } = await tasks.files(principal, id, path, limit)
+      return jsonResult({ task_id: id, path: path || '.', entries, truncated })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('read_task_file', {
+    title: 'Read a workspace file',
+    description: 'Reads one file of a task\'s workspace: text as UTF-8, binary files as base64. Paths are relative to the workspace; ' +
+      'absolute paths, ".." and symlinks leading outside are refused. At most MAX_TASK_FILE_SIZE bytes.',
+    inputSchema: { task_id: taskId, path: z.string().min(1).max(1_000).describe('A file path relative to the workspace') },
+    outputSchema: { task_id: z.string(), path: z.string(), size: z.number(), binary: z.boolean(), encoding: z.enum(['utf8', 'base64']), content: z.string() },
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id, path }) => {
+    try {
+      return jsonResult({ task_id: id, ...await tasks.readFile(principal, id, path) })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('get_task_diff', {
+    title: 'Task diff',
+    description: 'The changes the task made to a git workspace (a cloned repository), untracked files included, as a unified diff (size-capped).',
+    inputSchema: { task_id: taskId },
+    outputSchema: { task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() },
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id }) => {
+    try {
+      const task = tasks.get(principal, id)
+      const hint = task.diff === null ? (TERMINAL.has(task.status) ? 'The workspace is not a git repository: get_task_files and read_task_file show its files.' : 'The diff is made when the task ends.') : undefined
+      return jsonResult({ task_id: id, status: task.status, diff: task.diff, truncated: task.diff_truncated, ...(hint ? { hint } : {}) })
     } catch (err) {
       return fromError(err)
     }

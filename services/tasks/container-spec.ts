@@ -1,37 +1,58 @@
 /**
  * The runner container spec. The service alone decides it: resource limits from config, every
- * privilege dropped, labels for reconciliation (the owner label names the data directory that owns the container), the task as one argv element (never a shell).
+ * privilege dropped, the task's workspace and OpenCode state volumes, the passed-through variables,
+ * labels for reconciliation (the owner label names the data directory that owns the container),
+ * and the command as an argv array (the task one element of it, never a shell).
  */
 import type { Config } from '../config.js'
 import { parseByteSize } from '../config.js'
 import type { ContainerCreateSpec } from '../docker/engine.js'
+import { OPENCODE_STATE_DIR, stateVolume, WORKSPACE_DIR, workspaceVolume } from '../runner/workspace.js'
 
 export const LABEL = {
   service: 'letta-opencode-plugin.service',
   task: 'letta-opencode-plugin.task-id',
   agent: 'letta-opencode-plugin.agent-id',
-  owner: 'letta-opencode-plugin.owner'
+  owner: 'letta-opencode-plugin.owner',
+  role: 'letta-opencode-plugin.role'
 } as const
 
-export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' | 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT'>
+export const SERVICE_LABEL = 'letta-opencode-plugin'
+const OPENCODE_CONFIG_DIR = '/home/runner/.config/opencode'
 
-export function containerSpec (config: RunnerConfig, task: { id: string, agent_id: string | null, argv: string[] }, owner: string): ContainerCreateSpec {
+export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
+'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR'>
+
+export interface RunnerTask {
+  id: string
+  agent_id: string | null
+  argv: string[]
+  /** NAME=value entries (RUNNER_ENV_PASSTHROUGH). */
+  env?: string[]
+  /** `run`: a turn of the agent; `helper`: a short-lived container for files, clone or diff. */
+  role?: 'run' | 'helper'
+  entrypoint?: string[]
+}
+
+export function labelsOf (task: Pick<RunnerTask, 'id' | 'agent_id' | 'role'>, owner: string): Record<string, string> {
+  return { [LABEL.service]: SERVICE_LABEL, [LABEL.task]: task.id, [LABEL.agent]: task.agent_id ?? '', [LABEL.owner]: owner, [LABEL.role]: task.role ?? 'run' }
+}
+
+export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: string): ContainerCreateSpec {
   const memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
   return {
     Image: config.RUNNER_IMAGE,
     Cmd: task.argv,
+    ...(task.entrypoint ? { Entrypoint: task.entrypoint } : {}),
+    Env: task.env ?? [],
     User: config.RUNNER_USER,
+    WorkingDir: WORKSPACE_DIR,
     Tty: false,
     OpenStdin: false,
     AttachStdout: true,
     AttachStderr: true,
     StopTimeout: config.RUNNER_STOP_GRACE_S,
-    Labels: {
-      [LABEL.service]: 'letta-opencode-plugin',
-      [LABEL.task]: task.id,
-      [LABEL.agent]: task.agent_id ?? '',
-      [LABEL.owner]: owner
-    },
+    Labels: labelsOf(task, owner),
     HostConfig: {
       NanoCpus: Math.round(config.RUNNER_CPU_LIMIT * 1e9),
       Memory: memory,
@@ -43,6 +64,14 @@ export function containerSpec (config: RunnerConfig, task: { id: string, agent_i
       Init: true,
       NetworkMode: config.RUNNER_NETWORK,
       AutoRemove: false,
+      Mounts: [
+        { Type: 'volume', Source: workspaceVolume(task.id), Target: WORKSPACE_DIR },
+        { Type: 'volume', Source: stateVolume(task.id), Target: OPENCODE_STATE_DIR },
+        // a host directory (absolute path) or a named volume with opencode.json, read-only
+        ...(config.RUNNER_OPENCODE_CONFIG_DIR
+          ? [{ Type: (config.RUNNER_OPENCODE_CONFIG_DIR.startsWith('/') ? 'bind' : 'volume') as 'bind' | 'volume', Source: config.RUNNER_OPENCODE_CONFIG_DIR, Target: OPENCODE_CONFIG_DIR, ReadOnly: true }]
+          : [])
+      ],
       // the service reads a run through attach; the engine's log is what a restarted service re-reads,
       // so it holds as much as the service keeps (TASK_LOG_LIMIT), and goes with the container
       LogConfig: { Type: 'json-file', Config: { 'max-size': String(Math.max(config.TASK_LOG_LIMIT, 1024 * 1024)), 'max-file': '1' } }

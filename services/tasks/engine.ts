@@ -1,57 +1,82 @@
 /**
- * The task engine: submit (validate → idempotency → store queued → semaphore), run (container
- * create → start → follow logs → wait | timeout | cancel → remove), and the reads and controls
- * scoped to the caller's principal. Every state change is written to the store before the side
- * effect that follows it, so a restart can reconcile.
+ * The task engine: submit (validate → idempotency → store queued → semaphore), run (workspace →
+ * container create → attach → start → capture events | timeout | idle | cancel → remove), turns
+ * (follow-up messages continue the same OpenCode session in the same workspace), the reads and
+ * controls scoped to the caller's principal, and recovery. Every state change is written to the
+ * store before the side effect that follows it, so a restart can reconcile.
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
+import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { containerSpec, LABEL } from './container-spec.js'
-import { BoundedOutput, CappedLogFile, followLog, readLogRange } from './output.js'
+import { TurnCapture } from '../runner/capture.js'
+import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
+import { Workspaces } from '../runner/workspaces.js'
+import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
+import { followLog, readLogRange } from './output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
 export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
-'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS'>
+'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS' |
+'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
-export interface SubmitArgs { task_description: string, agent_id?: string, idempotency_key?: string, timeout_ms?: number }
+export interface SubmitArgs {
+  task_description: string
+  agent_id?: string
+  idempotency_key?: string
+  timeout_ms?: number
+  model?: string
+  repository?: { url: string, branch?: string }
+  files?: Array<{ path: string, content: string }>
+}
 export interface Caller { principal: string, agentId?: string }
 
-interface Live {
-  release?: () => void
-  containerId?: string
-  ending?: EndReason
-  timer?: NodeJS.Timeout
-  /** Run time left before the timeout; the clock stops while paused. */
-  remainingMs: number
-  resumedAt: number
-}
-
-/** What the engine tells its listeners (metrics, Letta): each after the change is in the store. */
+/** What the engine tells its listeners (metrics, Letta, progress): each after the change is in the store. */
 export interface TaskEngineEvents {
   queued: [TaskRecord]
   started: [TaskRecord]
+  /** An OpenCode event of a running task (already stored in its history). */
+  event: [taskId: string, event: ParsedEvent]
   ended: [TaskRecord]
   orphan_removed: [containerId: string]
 }
 
+interface Live {
+  containerId?: string
+  ending?: EndReason
+  timer?: NodeJS.Timeout
+  idle?: NodeJS.Timeout
+  /** Run time left in this turn before the timeout; the clock stops while paused. */
+  remainingMs: number
+  resumedAt: number
+  /** The last thing the agent did, for progress messages. */
+  lastEvent?: string
+}
+
+interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture }
+
 /** Read through a call: `live.ending` is set by `control()` while `run()` awaits the engine. */
-const cancelled = (live: Live): boolean => live.ending === 'cancelled'
+const endingOf = (live: Live): EndReason | undefined => live.ending
+
+const SEED_LIMIT = 1024 * 1024
+const EVENTS_PER_TURN = 2_000
 
 export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly semaphore: Semaphore
   private readonly live = new Map<string, Live>()
   private readonly endWaiters = new Map<string, Set<(t: TaskRecord) => void>>()
   private readonly logDir: string
+  private readonly modelsAllowed: Set<string>
+  readonly workspaces: Workspaces
   private accepting = true
   /** Aborted on close: monitors stop following; their tasks stay running in the store for recovery. */
   private readonly closing = new AbortController()
@@ -60,18 +85,25 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     private readonly store: TaskStore,
     private readonly docker: DockerEngine,
     private readonly config: EngineConfig,
-    private readonly log: Logger
+    private readonly log: Logger,
+    /** RUNNER_ENV_PASSTHROUGH values: given to runner containers, redacted from everything read back. */
+    private readonly runnerEnv: Record<string, string> = {}
   ) {
     super()
     this.semaphore = new Semaphore(config.MAX_CONCURRENT_TASKS, config.MAX_QUEUED_TASKS)
     this.logDir = join(config.DATA_DIR, 'logs')
     mkdirSync(this.logDir, { recursive: true })
+    this.modelsAllowed = new Set([config.RUNNER_MODEL, ...splitList(config.RUNNER_MODELS_ALLOWED)].filter(Boolean))
+    this.workspaces = new Workspaces(docker, config, store.owner)
   }
 
+  get owner (): string { return this.store.owner }
   get running (): number { return this.semaphore.running }
-  countByStatus (): Partial<Record<TaskStatus, number>> { return this.store.countByStatus() }
-  get draining (): boolean { return !this.accepting }
   get queued (): number { return this.semaphore.waiting }
+  get draining (): boolean { return !this.accepting }
+  countByStatus (): Partial<Record<TaskStatus, number>> { return this.store.countByStatus() }
+  /** The last thing a live task's agent did (for progress messages). */
+  lastEvent (id: string): string | undefined { return this.live.get(id)?.lastEvent }
 
   logPath (id: string): string {
     return join(this.logDir, `${id}.log`)
@@ -87,6 +119,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     if (timeout > this.config.RUNNER_MAX_TIMEOUT_MS) {
       throw new TaskError('invalid', `timeout_ms=${timeout} is above the limit of ${this.config.RUNNER_MAX_TIMEOUT_MS} (RUNNER_MAX_TIMEOUT_MS); ask for less`)
     }
+    const model = this.checkModel(args.model)
+    const repository = args.repository ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null } : null
+    const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
     const create = (): TaskRecord => ({
       id: `task_${randomUUID()}`,
@@ -105,7 +140,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       output_truncated: false,
       output_bytes: 0,
       container_id: null,
-      idempotency_key: args.idempotency_key ?? null
+      idempotency_key: args.idempotency_key ?? null,
+      model,
+      result: null,
+      turns: 0,
+      pending: [],
+      repository,
+      seed,
+      diff: null,
+      diff_truncated: false,
+      workspace_removed_at: null
     })
     // a full queue refuses before anything is stored
     if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) {
@@ -114,7 +158,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
     let task: TaskRecord
     if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
-      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout])).digest('hex')
+      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed])).digest('hex')
       const claim = this.store.claimIdempotent({ principal: caller.principal, agent_id: agentId ?? '', key: args.idempotency_key, args_hash: argsHash, ttlMs: this.config.IDEMPOTENCY_TTL_MS }, create)
       if (claim.existing) {
         if (claim.args_hash !== argsHash) {
@@ -127,11 +171,29 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       task = create()
       this.store.insert(task)
     }
-    this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms })
+    this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms, model: task.model })
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
     this.schedule(task)
     return { task, existing: false }
+  }
+
+  private checkModel (model: string | undefined): string | null {
+    if (model === undefined) return this.config.RUNNER_MODEL || null
+    if (!this.modelsAllowed.has(model)) {
+      const allowed = [...this.modelsAllowed]
+      throw new TaskError('invalid', allowed.length
+        ? `model "${model}" is not allowed here; choose one of ${allowed.join(', ')} (RUNNER_MODELS_ALLOWED)`
+        : `model "${model}" is not allowed here: this server runs OpenCode's configured model only (set RUNNER_MODELS_ALLOWED to offer a choice)`)
+    }
+    return model
+  }
+
+  private checkSeed (files: Array<{ path: string, content: string }>): Array<{ path: string, content: string }> {
+    const size = files.reduce((n, f) => n + Buffer.byteLength(f.content), 0)
+    if (size > SEED_LIMIT) throw new TaskError('invalid', `files hold ${size} bytes, over the limit of ${SEED_LIMIT}; put larger inputs in a repository`)
+    for (const f of files) this.workspaces.checkPath(f.path, 'files[].path')
+    return files
   }
 
   private queueFull (): TaskError {
@@ -140,15 +202,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
   }
 
-  private schedule (task: TaskRecord): void {
+  private schedule (task: TaskRecord, attached?: string): void {
     const live: Live = { remainingMs: task.timeout_ms, resumedAt: 0 }
     this.live.set(task.id, live)
     this.semaphore.acquire(task.id).then(async (release) => {
-      live.release = release
       try {
         // draining: a task that has not started stays queued in the store for the next start
-        if (!this.accepting) return
-        await this.run(task.id, live)
+        if (!this.accepting && !attached) return
+        await this.run(task.id, live, attached)
       } finally {
         release()
       }
@@ -160,94 +221,181 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   // --- run ------------------------------------------------------------------------------------
 
-  private async run (id: string, live: Live): Promise<void> {
-    const task = this.store.get(id)
-    if (!task || task.status !== 'queued') return
-    // cancelled after the slot was granted but before the run began
-    if (cancelled(live)) return this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
+  /**
+   * Runs the task's turns while it holds a slot: the task itself, then each follow-up message that
+   * arrived meanwhile. `attached` is a container still running from before a restart.
+   */
+  private async run (id: string, live: Live, attached?: string): Promise<void> {
+    let task = this.store.get(id)
+    if (!task || (task.status !== 'queued' && !attached)) return
+    if (endingOf(live) === 'cancelled') return this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
+    for (;;) {
+      let outcome: TurnOutcome
+      if (attached) {
+        outcome = await this.monitor(id, attached, live, this.docker.containerLogs(attached, { follow: true, signal: this.closing.signal }))
+        attached = undefined
+      } else {
+        const started = await this.startTurn(task, live)
+        if (!started) return
+        outcome = await this.monitor(id, started.containerId, live, started.stream)
+      }
+      if (this.closing.signal.aborted) return
+      task = this.store.get(id) as TaskRecord
+      const pending = task.pending
+      // a follow-up message continues the session when the turn ended well
+      if (outcome.reason === 'exit' && outcome.exitCode === 0 && pending.length > 0 && !live.ending && this.accepting) {
+        await this.removeContainer(id, live)
+        this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
+        this.store.update(id, { status: 'queued', output: outcome.capture.output.text() })
+        task = this.store.get(id) as TaskRecord
+        live.remainingMs = task.timeout_ms
+        continue
+      }
+      return this.endTask(id, live, outcome)
+    }
+  }
+
+  /** One turn's container: volumes and inputs on the first turn, then create → attach → start. */
+  private async startTurn (task: TaskRecord, live: Live): Promise<{ containerId: string, stream: AsyncIterable<LogChunk> } | undefined> {
+    const id = task.id
+    const turn = task.turns + 1
+    const prompt = turn === 1 ? task.description : task.pending[0]
     const startedAt = Date.now()
-    this.store.update(id, { status: 'running', started_at: startedAt })
-    this.store.addEvent(id, 'started', {})
-    this.log.info({ taskId: id, agentId: task.agent_id, principal: task.principal, queuedMs: startedAt - task.created_at }, 'task started')
-    this.emit('started', { ...task, status: 'running', started_at: startedAt })
-    let containerId: string
-    let output: AsyncGenerator<LogChunk>
+    this.store.update(id, {
+      status: 'running',
+      turns: turn,
+      pending: turn === 1 ? task.pending : task.pending.slice(1),
+      ...(turn === 1 ? { started_at: startedAt } : {})
+    })
+    this.store.addEvent(id, turn === 1 ? 'started' : 'turn_started', turn === 1 ? {} : { turn, message: prompt })
+    this.log.info({ taskId: id, agentId: task.agent_id, principal: task.principal, turn, queuedMs: startedAt - task.created_at }, turn === 1 ? 'task started' : 'task turn started')
+    if (turn === 1) this.emit('started', { ...task, status: 'running', started_at: startedAt, turns: 1 })
     try {
-      const spec = containerSpec(this.config, { id, agent_id: task.agent_id, argv: [task.description] }, this.store.owner)
-      containerId = (await this.docker.createContainer(spec, `lop-${id.slice(5)}`)).Id
+      if (turn === 1) await this.workspaces.prepare(task)
+      const spec = containerSpec(this.config, {
+        id,
+        agent_id: task.agent_id,
+        argv: opencodeArgv({ task: prompt, model: task.model, session: turn > 1 ? task.result?.session_id : null }),
+        env: Object.entries(this.runnerEnv).map(([k, v]) => `${k}=${v}`)
+      }, this.store.owner)
+      const containerId = (await this.docker.createContainer(spec, `lop-${id.slice(5)}-${turn}`)).Id
       this.store.update(id, { container_id: containerId })
       live.containerId = containerId
       if (live.ending) throw new Error('cancelled before start')
-      output = await this.docker.attachContainer(containerId, this.closing.signal)
+      if (turn === 1 && task.seed) await this.workspaces.seed(containerId, task.seed)
+      const stream = await this.docker.attachContainer(containerId, this.closing.signal)
       await this.docker.startContainer(containerId)
       // a cancel that came while the container was starting found nothing running to stop
       if (live.ending) this.stop(live)
+      return { containerId, stream }
     } catch (err) {
-      const removal = async () => { if (live.containerId) await this.docker.removeContainer(live.containerId, { force: true }).catch(() => {}) }
-      if (cancelled(live)) await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
+      const removal = () => this.removeContainer(id, live)
+      if (endingOf(live) === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
       else await this.finish(id, { status: 'failed', reason: 'engine_error', error: (err as Error).message }, removal)
-      return
+      return undefined
     }
-    await this.monitor(id, containerId, live, output)
   }
 
-  /**
-   * Follows a started container to its end and records the result. `stream` is the attach stream
-   * of a run; a container re-attached after a restart is read through its logs instead.
-   */
-  private async monitor (id: string, containerId: string, live: Live, stream?: AsyncIterable<LogChunk>): Promise<void> {
+  /** Follows a started container to its end: output, log, events, timeout and idle watchdogs. */
+  private async monitor (id: string, containerId: string, live: Live, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
+    const task = this.store.get(id) as TaskRecord
     live.resumedAt = Date.now()
     this.armTimeout(id, live)
-    const output = new BoundedOutput(this.config.TASK_OUTPUT_LIMIT)
-    const logFile = new CappedLogFile(this.logPath(id), this.config.TASK_LOG_LIMIT)
+    this.armIdle(id, live)
+    const capture = new TurnCapture({
+      outputLimit: this.config.TASK_OUTPUT_LIMIT,
+      logPath: this.logPath(id),
+      logLimit: this.config.TASK_LOG_LIMIT,
+      secrets: Object.values(this.runnerEnv),
+      previous: task.result,
+      append: task.turns > 1
+    })
+    let stored = 0
+    const record = (events: ParsedEvent[]) => {
+      for (const e of events) {
+        live.lastEvent = e.summary
+        if (stored++ < EVENTS_PER_TURN) this.store.addEvent(id, e.type, e.data)
+        this.emit('event', id, e)
+      }
+    }
     let exitCode: number | null = null
-    let oom = false
     let engineError: string | undefined
+    let oom = false
     try {
       const follow = (async () => {
-        const chunks = stream ?? this.docker.containerLogs(containerId, { follow: true, signal: this.closing.signal })
-        for await (const chunk of chunks) {
-          output.push(chunk.data)
-          await logFile.write(chunk.data)
+        for await (const chunk of stream) {
+          this.armIdle(id, live)
+          record(await capture.push(chunk.data))
         }
+        record(await capture.end())
       })()
       const [, exit] = await Promise.all([follow, this.docker.waitContainer(containerId, this.closing.signal)])
       exitCode = exit.StatusCode
       // a successful exit needs no post-mortem; a failed one may be the OOM killer's work
       oom = exitCode !== 0 && (await this.docker.inspectContainer(containerId)).State.OOMKilled
     } catch (err) {
-      engineError = (err as Error).message
+      engineError = capture.redact((err as Error).message)
     } finally {
       clearTimeout(live.timer)
-      await logFile.close()
+      clearTimeout(live.idle)
     }
-    if (this.closing.signal.aborted) return
-    const result = { exit_code: exitCode, output: output.text(), output_truncated: output.truncated, output_bytes: output.total }
+    if (stored > EVENTS_PER_TURN) this.store.addEvent(id, 'events_dropped', { dropped: stored - EVENTS_PER_TURN })
     const reason: EndReason = live.ending ?? (oom ? 'oom' : engineError ? 'engine_error' : 'exit')
+    this.store.update(id, { result: capture.reader.result })
+    return { reason, exitCode, engineError, capture }
+  }
+
+  /** Records the task's end: status, result, diff; then removes the container and tells the waiters. */
+  private async endTask (id: string, live: Live, outcome: TurnOutcome): Promise<void> {
+    const { reason, exitCode, capture } = outcome
     const status: TaskStatus = reason === 'timeout'
       ? 'timeout'
       : reason === 'cancelled' ? 'cancelled' : reason === 'exit' && exitCode === 0 ? 'completed' : 'failed'
     const errors: Partial<Record<EndReason, string>> = {
       timeout: `timed out after ${this.store.get(id)?.timeout_ms} ms; the container was stopped`,
       oom: `killed for running out of memory (RUNNER_MEMORY_LIMIT=${this.config.RUNNER_MEMORY_LIMIT})`,
-      engine_error: engineError ?? 'engine error',
+      engine_error: outcome.engineError ?? 'engine error',
       interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${this.config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
+      stalled: `no output for ${this.config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
       exit: status === 'failed' ? `exited with code ${exitCode}` : undefined
     }
-    const error = errors[reason] ?? null
-    // persisted first, then the container removed, then the waiters told: a sync caller sees a clean engine
-    await this.finish(id, { status, reason, error, ...result }, () =>
-      this.docker.removeContainer(containerId, { force: true }).catch((err: Error) => this.log.warn({ taskId: id, err }, 'container removal failed')))
+    const diff = status !== 'cancelled' && live.containerId
+      ? await this.workspaces.diff(this.store.get(id) as TaskRecord, live.containerId, (s) => capture.redact(s)).catch(() => null)
+      : null
+    await this.finish(id, {
+      status,
+      reason,
+      error: errors[reason] ?? null,
+      exit_code: exitCode,
+      output: capture.output.text(),
+      output_truncated: capture.output.truncated,
+      output_bytes: capture.output.total,
+      ...(diff ? { diff: diff.text, diff_truncated: diff.truncated } : {})
+    }, () => this.removeContainer(id, live))
+  }
+
+  private async removeContainer (id: string, live: Live): Promise<void> {
+    if (!live.containerId) return
+    await this.docker.removeContainer(live.containerId, { force: true }).catch((err: Error) => this.log.warn({ taskId: id, err }, 'container removal failed'))
+    live.containerId = undefined
   }
 
   private armTimeout (id: string, live: Live): void {
     clearTimeout(live.timer)
-    live.timer = setTimeout(() => {
-      if (live.ending) return
-      live.ending = 'timeout'
-      this.store.addEvent(id, 'timeout', {})
-      this.stop(live)
-    }, Math.max(0, live.remainingMs))
+    live.timer = setTimeout(() => this.end(id, live, 'timeout'), Math.max(0, live.remainingMs))
+  }
+
+  /** The stall watchdog: a turn that prints nothing for RUNNER_IDLE_TIMEOUT_MS is stopped. */
+  private armIdle (id: string, live: Live): void {
+    clearTimeout(live.idle)
+    if (this.config.RUNNER_IDLE_TIMEOUT_MS > 0) live.idle = setTimeout(() => this.end(id, live, 'stalled'), this.config.RUNNER_IDLE_TIMEOUT_MS)
+  }
+
+  private end (id: string, live: Live, reason: EndReason): void {
+    if (live.ending) return
+    live.ending = reason
+    this.store.addEvent(id, reason, {})
+    this.stop(live)
   }
 
   private stop (live: Live): void {
@@ -269,7 +417,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     this.live.delete(id)
     const done = this.store.get(id) as TaskRecord
     const duration = done.started_at ? finishedAt - done.started_at : 0
-    this.log.info({ taskId: id, agentId: done.agent_id, principal: done.principal, status: done.status, reason: done.reason, durationMs: duration }, 'task ended')
+    this.log.info({ taskId: id, agentId: done.agent_id, principal: done.principal, status: done.status, reason: done.reason, durationMs: duration, turns: done.turns }, 'task ended')
     await cleanup?.()
     this.emit('ended', done)
     for (const resolve of this.endWaiters.get(id) ?? []) resolve(done)
@@ -310,6 +458,43 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
   }
 
+  /** Files of the task's workspace, during the run (its container) and after (a helper container). */
+  async files (principal: string, id: string, path: string, limit: number) {
+    const task = this.get(principal, id)
+    return this.workspaces.list(task, this.live.get(id)?.containerId, path, limit)
+  }
+
+  async readFile (principal: string, id: string, path: string) {
+    const task = this.get(principal, id)
+    return this.workspaces.read(task, this.live.get(id)?.containerId, path)
+  }
+
+  /**
+   * A follow-up message: to a running (or queued) task it waits for the current turn to end and
+   * becomes the next turn; to an ended task it starts a follow-up turn in the same workspace and
+   * OpenCode session.
+   */
+  message (principal: string, id: string, text: string): { task: TaskRecord, delivery: 'queued_for_next_turn' | 'follow_up_started' } {
+    if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new turns; send the message again after the restart')
+    const message = text.trim()
+    if (!message) throw new TaskError('invalid', 'message is empty: say what the agent should do next')
+    const task = this.get(principal, id)
+    if (task.status === 'cancelled') throw new TaskError('conflict', `Task ${id} was cancelled; submit a new task instead`)
+    if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${id}'s workspace was removed after WORKSPACE_RETENTION_MS; submit a new task instead`)
+    if (!TERMINAL.has(task.status)) {
+      this.store.update(id, { pending: [...task.pending, message] })
+      this.store.addEvent(id, 'message_queued', { message, position: task.pending.length + 1 })
+      return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn' }
+    }
+    if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
+    if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) throw this.queueFull()
+    this.store.update(id, { status: 'queued', pending: [message], finished_at: null, exit_code: null, reason: null, error: null })
+    this.store.addEvent(id, 'message_queued', { message, position: 1 })
+    const queued = this.store.get(id) as TaskRecord
+    this.schedule(queued)
+    return { task: queued, delivery: 'follow_up_started' }
+  }
+
   /** Resolves with the task once it has ended, or with its current state after `ms`. */
   async waitForEnd (id: string, ms: number, signal?: AbortSignal): Promise<TaskRecord> {
     const current = this.store.get(id) as TaskRecord
@@ -345,12 +530,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     if (action === 'pause') {
       await this.docker.pauseContainer(live.containerId)
       clearTimeout(live.timer)
+      clearTimeout(live.idle)
       live.remainingMs -= Date.now() - live.resumedAt
       this.store.update(id, { status: 'paused' })
     } else {
       await this.docker.unpauseContainer(live.containerId)
       live.resumedAt = Date.now()
       this.armTimeout(id, live)
+      this.armIdle(id, live)
       this.store.update(id, { status: 'running' })
     }
     this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs })
@@ -372,12 +559,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         this.store.update(task.id, { status: 'running' })
         this.store.addEvent(task.id, 'reattached', {})
         const elapsed = Date.now() - (task.started_at ?? Date.now())
-        const live: Live = { containerId: task.container_id as string, remainingMs: task.timeout_ms - elapsed, resumedAt: Date.now() }
-        this.live.set(task.id, live)
-        this.semaphore.acquire(task.id).then(async (release) => {
-          live.release = release
-          try { await this.monitor(task.id, task.container_id as string, live) } finally { release() }
-        }).catch(() => {})
+        this.schedule({ ...task, timeout_ms: task.timeout_ms - elapsed }, task.container_id as string)
+        ;(this.live.get(task.id) as Live).containerId = task.container_id as string
       } else {
         await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
           async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
@@ -387,13 +570,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     await this.reconcile()
   }
 
-  /** Removes labelled containers that belong to no live task, once they are older than the grace period. */
+  /**
+   * Removes this owner's labelled containers that belong to no live task, once they are older than
+   * the grace period, and workspaces past their retention (or of no task).
+   */
   async reconcile (): Promise<number> {
-    const containers = await this.docker.listContainers({ [LABEL.service]: 'letta-opencode-plugin', [LABEL.owner]: this.store.owner })
+    const containers = await this.docker.listContainers({ [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.store.owner })
     let removed = 0
     for (const c of containers) {
       const taskId = c.Labels[LABEL.task]
-      if (taskId && this.live.has(taskId)) continue
+      if (taskId && this.live.has(taskId) && c.Labels[LABEL.role] !== 'helper') continue
       if (Date.now() - c.Created * 1000 < this.config.ORPHAN_GRACE_MS) continue
       const gone = await this.docker.removeContainer(c.Id, { force: true }).then(() => true, () => false)
       if (!gone) continue
@@ -401,6 +587,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.warn({ taskId, container: c.Id }, 'removed orphan task container')
       this.emit('orphan_removed', c.Id)
     }
+    await this.workspaces.expire((taskId) => this.store.get(taskId), (taskId) => {
+      this.store.update(taskId, { workspace_removed_at: Date.now() })
+      this.log.info({ taskId }, 'workspace removed after its retention period')
+    })
     return removed
   }
 
@@ -419,11 +609,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const left = running()
     if (left.length === 0) return
     this.log.warn({ tasks: left.map(([id]) => id) }, 'draining: grace period over, stopping the tasks still running')
-    for (const [id, live] of left) {
-      live.ending = 'interrupted'
-      this.store.addEvent(id, 'interrupted', { grace_ms: graceMs })
-      this.stop(live)
-    }
+    for (const [id, live] of left) this.end(id, live, 'interrupted')
     await ends(left.map(([id]) => id), (this.config.RUNNER_STOP_GRACE_S + 10) * 1000)
   }
 
@@ -431,6 +617,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   close (): void {
     this.accepting = false
     this.closing.abort()
-    for (const live of this.live.values()) clearTimeout(live.timer)
+    for (const live of this.live.values()) {
+      clearTimeout(live.timer)
+      clearTimeout(live.idle)
+    }
   }
 }

@@ -2,7 +2,7 @@
  * Bounded output capture: the first and last `limit / 2` bytes of a task's output in memory, with
  * an explicit `truncated` flag and the total byte count; the full log goes to a file up to a cap.
  */
-import { createWriteStream, type WriteStream } from 'node:fs'
+import { createWriteStream, statSync, type WriteStream } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -54,8 +54,11 @@ export class CappedLogFile {
   private readonly stream: WriteStream | undefined
   capped = false
 
-  constructor (path: string, private readonly cap: number) {
-    this.stream = cap > 0 ? createWriteStream(path) : undefined
+  /** `append` continues the log of an earlier turn of the same task. */
+  constructor (path: string, private readonly cap: number, append = false) {
+    this.stream = cap > 0 ? createWriteStream(path, { flags: append ? 'a' : 'w' }) : undefined
+    this.written = append ? statSync(path, { throwIfNoEntry: false })?.size ?? 0 : 0
+    this.capped = this.written >= cap
     // a log that cannot be written must not fail the task
     this.stream?.on('error', () => { this.capped = true })
   }

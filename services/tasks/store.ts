@@ -49,11 +49,35 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (principal, agent_id, key)
    );`,
   // the identity of this data directory: the runner containers it owns carry it as a label
-  'CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);'
+  'CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);',
+  // OpenCode runs: model, result, turns and their pending messages, workspace inputs and diff
+  `ALTER TABLE tasks ADD COLUMN model TEXT;
+   ALTER TABLE tasks ADD COLUMN result TEXT;
+   ALTER TABLE tasks ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE tasks ADD COLUMN pending TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE tasks ADD COLUMN repository TEXT;
+   ALTER TABLE tasks ADD COLUMN seed TEXT;
+   ALTER TABLE tasks ADD COLUMN diff TEXT;
+   ALTER TABLE tasks ADD COLUMN diff_truncated INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE tasks ADD COLUMN workspace_removed_at INTEGER;`
 ]
 
-type Row = Omit<TaskRecord, 'output_truncated'> & { output_truncated: number }
-const toRecord = (r: Row | undefined): TaskRecord | undefined => r && { ...r, output_truncated: r.output_truncated === 1 }
+/** Columns that hold JSON, and the ones that hold booleans. */
+const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed'] as const
+const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
+
+type Row = Record<string, unknown>
+function toRecord (r: Row | undefined): TaskRecord | undefined {
+  if (!r) return undefined
+  const out: Row = { ...r }
+  for (const k of JSON_COLUMNS) out[k] = typeof r[k] === 'string' ? JSON.parse(r[k]) : r[k] ?? null
+  for (const k of BOOL_COLUMNS) out[k] = r[k] === 1
+  return out as unknown as TaskRecord
+}
+function toRow (fields: Record<string, unknown>): Row {
+  return Object.fromEntries(Object.entries(fields).map(([k, v]) => [k,
+    typeof v === 'boolean' ? (v ? 1 : 0) : (JSON_COLUMNS as readonly string[]).includes(k) && v !== null && v !== undefined ? JSON.stringify(v) : v]))
+}
 
 export interface ListFilter { principal: string, status?: TaskStatus, agent_id?: string, limit: number, offset: number }
 
@@ -92,11 +116,9 @@ export class TaskStore {
   }
 
   insert (task: TaskRecord): void {
-    this.db.prepare(`INSERT INTO tasks (id, principal, agent_id, description, status, timeout_ms, created_at, started_at, finished_at,
-      exit_code, reason, error, output, output_truncated, output_bytes, container_id, idempotency_key)
-      VALUES (@id, @principal, @agent_id, @description, @status, @timeout_ms, @created_at, @started_at, @finished_at,
-      @exit_code, @reason, @error, @output, @output_truncated, @output_bytes, @container_id, @idempotency_key)`)
-      .run({ ...task, output_truncated: task.output_truncated ? 1 : 0 })
+    const row = toRow(task as unknown as Record<string, unknown>)
+    const keys = Object.keys(row)
+    this.db.prepare(`INSERT INTO tasks (${keys.join(', ')}) VALUES (${keys.map((k) => `@${k}`).join(', ')})`).run(row)
   }
 
   get (id: string): TaskRecord | undefined {
@@ -106,8 +128,7 @@ export class TaskStore {
   update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
     const keys = Object.keys(fields)
     if (keys.length === 0) return
-    const values = Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, typeof v === 'boolean' ? (v ? 1 : 0) : v]))
-    this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...values, id })
+    this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...toRow(fields), id })
   }
 
   list (f: ListFilter): { tasks: TaskRecord[], total: number } {

@@ -1,4 +1,5 @@
 /** Task records and states, shared by the store, the engine, the tools and the routes. */
+import type { RunResult } from '../runner/opencode.js'
 
 export const TASK_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'timeout', 'cancelled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
@@ -25,6 +26,19 @@ export interface TaskRecord {
   output_bytes: number
   container_id: string | null
   idempotency_key: string | null
+  /** provider/model the task runs with (null: OpenCode's configured default). */
+  model: string | null
+  /** What OpenCode reported: final answer, files changed, tokens, cost, session. */
+  result: RunResult | null
+  /** Turns run so far (the task, then each follow-up message). */
+  turns: number
+  /** Follow-up messages waiting for the next turn. */
+  pending: string[]
+  repository: { url: string, branch: string | null } | null
+  seed: Array<{ path: string, content: string }> | null
+  diff: string | null
+  diff_truncated: boolean
+  workspace_removed_at: number | null
 }
 
 export interface TaskEvent { seq: number, at: number, type: string, data: Record<string, unknown> }

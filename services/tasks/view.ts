@@ -24,7 +24,17 @@ export const TaskViewSchema = Type.Object({
   error: Nullable(Type.String()),
   output: Nullable(Type.String({ description: 'Head and tail of the output when it is longer than TASK_OUTPUT_LIMIT' })),
   output_truncated: Type.Boolean(),
-  output_bytes: Type.Integer()
+  output_bytes: Type.Integer(),
+  model: Nullable(Type.String({ description: 'provider/model, or null for OpenCode\'s configured default' })),
+  answer: Nullable(Type.String({ description: 'The agent\'s final answer (its last text)' })),
+  files_changed: Type.Array(Type.String(), { description: 'Workspace files the agent wrote or edited' }),
+  tokens: Type.Object({ input: Type.Integer(), output: Type.Integer(), reasoning: Type.Integer(), cache_read: Type.Integer(), cache_write: Type.Integer() }),
+  cost: Type.Number({ description: 'Model cost as OpenCode reports it' }),
+  session_id: Nullable(Type.String({ description: 'The OpenCode session, continued by send_task_message' })),
+  turns: Type.Integer({ description: 'Turns run: the task, then each follow-up message' }),
+  pending_messages: Type.Integer({ description: 'Follow-up messages waiting for the next turn' }),
+  has_diff: Type.Boolean({ description: 'True when the workspace is a git repository and get_task_diff has its changes' }),
+  workspace_available: Type.Boolean({ description: 'False once the workspace was removed after WORKSPACE_RETENTION_MS' })
 })
 export type TaskView = Static<typeof TaskViewSchema>
 
@@ -55,7 +65,17 @@ export function taskView (t: TaskRecord): TaskView {
     error: t.error,
     output: t.output,
     output_truncated: t.output_truncated,
-    output_bytes: t.output_bytes
+    output_bytes: t.output_bytes,
+    model: t.model,
+    answer: t.result?.answer ?? null,
+    files_changed: t.result?.files_changed ?? [],
+    tokens: t.result?.tokens ?? { input: 0, output: 0, reasoning: 0, cache_read: 0, cache_write: 0 },
+    cost: t.result?.cost ?? 0,
+    session_id: t.result?.session_id ?? null,
+    turns: t.turns,
+    pending_messages: t.pending.length,
+    has_diff: t.diff !== null,
+    workspace_available: t.turns > 0 && t.workspace_removed_at === null
   }
 }
 

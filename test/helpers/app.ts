@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import app, { type AppOptions } from '../../app.js'
+import { removeOwned } from './docker.js'
 
 export interface BuildOptions extends Omit<AppOptions, 'env'> {
   env?: Record<string, string>
@@ -26,6 +27,7 @@ export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyI
   t.teardown(async () => {
     await fastify.close()
     rmSync(dataDir, { recursive: true, force: true })
+    await removeOwned(fastify.tasks.owner)
   })
   await fastify.ready()
   return fastify

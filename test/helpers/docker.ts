@@ -1,6 +1,7 @@
 /** Real-engine helpers: the locally built base image, and labels so tests clean up after themselves. */
 import type { Test } from 'tap'
 import { DockerEngine } from '../../services/docker/engine.js'
+import { LABEL } from '../../services/tasks/container-spec.js'
 
 /** Built by scripts/base-image.sh (called from .ci/run): a Debian minbase imported locally. */
 export const BASE_IMAGE = process.env.TEST_BASE_IMAGE ?? 'letta-opencode-base:bookworm'
@@ -29,4 +30,10 @@ export async function waitFor (t: Test, what: string, check: () => boolean | Pro
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   t.fail(`timed out waiting for ${what}`)
+}
+
+/** Removes the containers and volumes a test service (its data directory, `owner`) left behind. */
+export async function removeOwned (owner: string): Promise<void> {
+  for (const c of await engine.listContainers({ [LABEL.owner]: owner })) await engine.removeContainer(c.Id, { force: true }).catch(() => {})
+  for (const v of await engine.listVolumes({ [LABEL.owner]: owner })) await engine.removeVolume(v.Name, true).catch(() => {})
 }
