@@ -47,7 +47,7 @@ export class Workspaces {
     await this.docker.createVolume(stateVolume(task.id), labels)
     if (task.repository) {
       const { url, branch } = task.repository
-      const clone = await this.helper(task, ['git'], ['clone', '--depth', '1', ...(branch ? ['--branch', branch] : []), '--', url, '/workspace'], true)
+      const clone = await this.helper(task, ['git'], ['clone', '--single-branch', ...(branch ? ['--branch', branch] : []), '--', url, '/workspace'], true)
       if (clone.exitCode !== 0) throw new Error(`git clone of ${url}${branch ? ` (branch ${branch})` : ''} failed: ${clone.output.trim().slice(-500)}`)
     }
   }

@@ -18,7 +18,9 @@ export const LABEL = {
 } as const
 
 export const SERVICE_LABEL = 'letta-opencode-plugin'
-const OPENCODE_CONFIG_DIR = '/home/runner/.config/opencode'
+/** Where RUNNER_OPENCODE_CONFIG_DIR is mounted, read-only. OpenCode writes into its own config
+ * directory (~/.config/opencode), so the file is named with OPENCODE_CONFIG instead. */
+const OPENCODE_CONFIG_DIR = '/etc/opencode'
 
 export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR'>
@@ -44,7 +46,7 @@ export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: st
     Image: config.RUNNER_IMAGE,
     Cmd: task.argv,
     ...(task.entrypoint ? { Entrypoint: task.entrypoint } : {}),
-    Env: task.env ?? [],
+    Env: [...(task.env ?? []), ...(config.RUNNER_OPENCODE_CONFIG_DIR ? [`OPENCODE_CONFIG=${OPENCODE_CONFIG_DIR}/opencode.json`] : [])],
     User: config.RUNNER_USER,
     WorkingDir: WORKSPACE_DIR,
     Tty: false,
