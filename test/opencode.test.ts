@@ -65,7 +65,6 @@ async function setup (t: Test, env: Record<string, string> = {}) {
   return { app, url, client, model }
 }
 
-
 t.test('OpenCode writes and edits a file: files, history, progress, tokens, answer', async (t) => {
   const { client, model } = await setup(t)
   const progress: string[] = []
