@@ -8,6 +8,7 @@ import fp from 'fastify-plugin'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
 import healthPlugin from './plugins/health.js'
+import lettaPlugin from './plugins/letta.js'
 import loadSheddingPlugin from './plugins/load-shedding.js'
 import mcpSessionsPlugin from './plugins/mcp-sessions.js'
 import metricsPlugin from './plugins/metrics.js'
@@ -28,6 +29,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(securityPlugin)
   await fastify.register(tasksPlugin)
   await fastify.register(metricsPlugin)
+  await fastify.register(lettaPlugin)
   await fastify.register(mcpSessionsPlugin)
   await fastify.register(healthPlugin)
 

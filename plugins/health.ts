@@ -28,6 +28,9 @@ export default fp(async (fastify) => {
         max_queued: fastify.config.MAX_QUEUED_TASKS,
         accepting: !fastify.tasks.draining
       },
+      letta: fastify.letta
+        ? { ...fastify.letta.state, pending: fastify.letta.pending() }
+        : { configured: false, reachable: null, version: null, last_error: null, checked_at: null, pending: 0 },
       load: (({ eventLoopDelay, heapUsed }) => ({
         shedding: fastify.isUnderPressure(),
         event_loop_delay_ms: Math.round(eventLoopDelay * 100) / 100,
@@ -36,4 +39,4 @@ export default fp(async (fastify) => {
     })
     return { statusCode: body.status === 'unhealthy' || body.status === 'draining' ? 503 : 200, body }
   })
-}, { name: 'health', dependencies: ['docker', 'security', 'tasks', 'mcp-sessions', 'load-shedding'], fastify: '5.x' })
+}, { name: 'health', dependencies: ['docker', 'security', 'tasks', 'letta', 'mcp-sessions', 'load-shedding'], fastify: '5.x' })

@@ -20,6 +20,13 @@ export const ConfigSchema = Type.Object({
   // Letta
   LETTA_API_URL: Str('', 'an http(s) URL such as https://letta.example.com, or empty to disable Letta', { pattern: '^(https?://[^\\s]+)?$' }),
   LETTA_API_TOKEN: Str('', 'the Letta API token (or LETTA_API_TOKEN_FILE)'),
+  WORKSPACE_BLOCK_LIMIT: Int(50_000, 1_000, 1_000_000, 'characters from 1000 to 1000000 (the most a workspace memory block holds)'),
+  WORKSPACE_MAX_EVENTS: Int(50, 1, 1_000, 'an integer from 1 to 1000 (events kept in a workspace memory block)'),
+  LETTA_DETACH_DELAY_MS: Int(600_000, 0, 30 * 86_400_000, 'milliseconds from 0 to 2592000000 (how long a finished task\'s block stays attached to the agent)'),
+  LETTA_FLUSH_INTERVAL_MS: Int(2_000, 100, 600_000, 'milliseconds from 100 to 600000 (block updates are coalesced over this interval)'),
+  LETTA_TIMEOUT_MS: Int(10_000, 500, 300_000, 'milliseconds from 500 to 300000 (per Letta request)'),
+  LETTA_MAX_RETRIES: Int(3, 0, 10, 'an integer from 0 to 10 (retries with backoff and jitter on 408, 409, 429, 5xx and timeouts)'),
+  LETTA_PROBE_INTERVAL_MS: Int(30_000, 1_000, 3_600_000, 'milliseconds from 1000 to 3600000'),
 
   // Runner containers
   RUNNER_IMAGE: Str('letta-opencode-runner:latest', 'a Docker image reference such as letta-opencode-runner:latest', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$' }),

@@ -19,6 +19,14 @@ export const HealthReportSchema = z.object({
   uptime: z.number(),
   timestamp: z.string(),
   security: z.object({ origin_validation: z.boolean(), localhost_binding: z.boolean(), authentication: z.boolean() }),
+  letta: z.object({
+    configured: z.boolean(),
+    reachable: z.boolean().nullable().describe('null when Letta is not configured'),
+    version: z.string().nullable(),
+    last_error: z.string().nullable(),
+    checked_at: z.string().nullable(),
+    pending: z.number().int().describe('Block writes and notifications waiting to go out')
+  }),
   load: z.object({
     shedding: z.boolean().describe('True while requests other than /health and /metrics are refused with 503'),
     event_loop_delay_ms: z.number(),
@@ -50,15 +58,17 @@ export interface HealthInputs {
   protocolVersions: readonly string[]
   tasks: HealthReport['tasks']
   load: HealthReport['load']
+  letta: HealthReport['letta']
 }
 
 export function healthReport (inputs: HealthInputs): HealthReport {
-  const { engine, tasks, load } = inputs
-  // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load or refusing new tasks (full queue)
+  const { engine, tasks, load, letta } = inputs
+  // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load, refusing new tasks
+  // (full queue), or without Letta (updates wait in the outbox)
   const queueFull = tasks.queued >= tasks.max_queued && tasks.running >= tasks.max_concurrent
   const status = !tasks.accepting
     ? 'draining'
-    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull ? 'degraded' : 'healthy'
+    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull || (letta.configured && !letta.reachable) ? 'degraded' : 'healthy'
   return {
     status,
     service: SERVICE_NAME,
@@ -72,6 +82,7 @@ export function healthReport (inputs: HealthInputs): HealthReport {
     security: inputs.security,
     load,
     tasks,
+    letta,
     docker: {
       reachable: engine.reachable,
       version: engine.version,

@@ -82,7 +82,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly closing = new AbortController()
 
   constructor (
-    private readonly store: TaskStore,
+    readonly store: TaskStore,
     private readonly docker: DockerEngine,
     private readonly config: EngineConfig,
     private readonly log: Logger,

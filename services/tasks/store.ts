@@ -59,17 +59,38 @@ const MIGRATIONS: string[] = [
    ALTER TABLE tasks ADD COLUMN seed TEXT;
    ALTER TABLE tasks ADD COLUMN diff TEXT;
    ALTER TABLE tasks ADD COLUMN diff_truncated INTEGER NOT NULL DEFAULT 0;
-   ALTER TABLE tasks ADD COLUMN workspace_removed_at INTEGER;`
+   ALTER TABLE tasks ADD COLUMN workspace_removed_at INTEGER;`,
+  // Letta: the workspace block and the completion notification of each task (the outbox)
+  `CREATE TABLE letta_sync (
+     task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+     agent_id TEXT NOT NULL,
+     block_id TEXT,
+     attached INTEGER NOT NULL DEFAULT 0,
+     dirty INTEGER NOT NULL DEFAULT 1,
+     notify TEXT NOT NULL DEFAULT 'none',
+     notified_turn INTEGER NOT NULL DEFAULT 0,
+     detached INTEGER NOT NULL DEFAULT 0,
+     deleted INTEGER NOT NULL DEFAULT 0,
+     error TEXT,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     next_attempt_at INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`
 ]
 
 /** Columns that hold JSON, and the ones that hold booleans. */
 const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
+/** A task with its Letta sync state (block, attachment, notification), when it has one. */
+const SELECT_TASK = `SELECT t.*, l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
+  l.agent_id AS letta_agent_id FROM tasks t LEFT JOIN letta_sync l ON l.task_id = t.id`
+
 type Row = Record<string, unknown>
 function toRecord (r: Row | undefined): TaskRecord | undefined {
   if (!r) return undefined
-  const out: Row = { ...r }
+  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, ...rest } = r
+  const out: Row = { ...rest, letta: agent ? { block_id: blockId ?? null, attached: attached === 1, notified: notify === 'sent', error: error ?? null } : null }
   for (const k of JSON_COLUMNS) out[k] = typeof r[k] === 'string' ? JSON.parse(r[k]) : r[k] ?? null
   for (const k of BOOL_COLUMNS) out[k] = r[k] === 1
   return out as unknown as TaskRecord
@@ -77,6 +98,22 @@ function toRecord (r: Row | undefined): TaskRecord | undefined {
 function toRow (fields: Record<string, unknown>): Row {
   return Object.fromEntries(Object.entries(fields).map(([k, v]) => [k,
     typeof v === 'boolean' ? (v ? 1 : 0) : (JSON_COLUMNS as readonly string[]).includes(k) && v !== null && v !== undefined ? JSON.stringify(v) : v]))
+}
+
+export interface LettaSyncRow {
+  task_id: string
+  agent_id: string
+  block_id: string | null
+  attached: number
+  dirty: number
+  notify: 'none' | 'pending' | 'sending' | 'sent'
+  /** The last turn whose end the agent was told of. */
+  notified_turn: number
+  detached: number
+  deleted: number
+  error: string | null
+  attempts: number
+  next_attempt_at: number
 }
 
 export interface ListFilter { principal: string, status?: TaskStatus, agent_id?: string, limit: number, offset: number }
@@ -122,7 +159,7 @@ export class TaskStore {
   }
 
   get (id: string): TaskRecord | undefined {
-    return toRecord(this.db.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as Row | undefined)
+    return toRecord(this.db.prepare(`${SELECT_TASK} WHERE t.id = ?`).get(id) as Row | undefined)
   }
 
   update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
@@ -132,12 +169,12 @@ export class TaskStore {
   }
 
   list (f: ListFilter): { tasks: TaskRecord[], total: number } {
-    const where = ['principal = @principal']
-    if (f.status) where.push('status = @status')
-    if (f.agent_id) where.push('agent_id = @agent_id')
+    const where = ['t.principal = @principal']
+    if (f.status) where.push('t.status = @status')
+    if (f.agent_id) where.push('t.agent_id = @agent_id')
     const clause = where.join(' AND ')
-    const rows = this.db.prepare(`SELECT * FROM tasks WHERE ${clause} ORDER BY created_at DESC, id LIMIT @limit OFFSET @offset`).all(f) as Row[]
-    const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks WHERE ${clause}`).get(f) as { n: number }
+    const rows = this.db.prepare(`${SELECT_TASK} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
+    const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`).get(f) as { n: number }
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
   }
 
@@ -147,9 +184,39 @@ export class TaskStore {
     return Object.fromEntries(rows.map((r) => [r.status, r.n]))
   }
 
+  // --- Letta outbox ---------------------------------------------------------------------------
+
+  lettaTrack (taskId: string, agentId: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO letta_sync (task_id, agent_id) VALUES (?, ?)').run(taskId, agentId)
+  }
+
+  lettaGet (taskId: string): LettaSyncRow | undefined {
+    return this.db.prepare('SELECT * FROM letta_sync WHERE task_id = ?').get(taskId) as LettaSyncRow | undefined
+  }
+
+  lettaUpdate (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>): void {
+    const keys = Object.keys(fields)
+    if (keys.length) this.db.prepare(`UPDATE letta_sync SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE task_id = @task_id`).run({ ...fields, task_id: taskId })
+  }
+
+  /** Rows with work to do now: a block to write, a notification to send, a detach or delete that is due. */
+  lettaDue (now: number, limit: number, detachDelayMs: number): LettaSyncRow[] {
+    return this.db.prepare(`SELECT l.* FROM letta_sync l JOIN tasks t ON t.id = l.task_id
+      WHERE l.next_attempt_at <= @now AND l.deleted = 0 AND (
+        l.dirty = 1 OR l.block_id IS NULL OR (l.attached = 0 AND l.detached = 0) OR l.notify IN ('pending', 'sending')
+        OR (l.attached = 1 AND t.finished_at IS NOT NULL AND t.finished_at <= @detachBefore)
+        OR t.workspace_removed_at IS NOT NULL)
+      ORDER BY l.next_attempt_at LIMIT @limit`).all({ now, limit, detachBefore: now - detachDelayMs }) as LettaSyncRow[]
+  }
+
+  /** Outbox rows not done yet (health: pending Letta work). */
+  lettaPending (): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM letta_sync WHERE deleted = 0 AND (dirty = 1 OR notify IN ('pending', 'sending'))").get() as { n: number }).n
+  }
+
   /** Tasks in any of these states (start-up recovery). */
   withStatus (...statuses: TaskStatus[]): TaskRecord[] {
-    const rows = this.db.prepare(`SELECT * FROM tasks WHERE status IN (${statuses.map(() => '?').join(',')}) ORDER BY created_at, id`).all(...statuses) as Row[]
+    const rows = this.db.prepare(`${SELECT_TASK} WHERE t.status IN (${statuses.map(() => '?').join(',')}) ORDER BY t.created_at, t.id`).all(...statuses) as Row[]
     return rows.map((r) => toRecord(r) as TaskRecord)
   }
 
@@ -160,8 +227,9 @@ export class TaskStore {
     return { seq, at, type, data }
   }
 
-  events (taskId: string, afterSeq: number, limit: number): TaskEvent[] {
-    const rows = this.db.prepare('SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?').all(taskId, afterSeq, limit) as Array<{ seq: number, at: number, type: string, data: string }>
+  /** Events after `afterSeq`, oldest first; with `desc`, the newest first. */
+  events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc'): TaskEvent[] {
+    const rows = this.db.prepare(`SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq ${order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`).all(taskId, afterSeq, limit) as Array<{ seq: number, at: number, type: string, data: string }>
     return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }))
   }
 

@@ -39,6 +39,8 @@ export interface TaskRecord {
   diff: string | null
   diff_truncated: boolean
   workspace_removed_at: number | null
+  /** The Letta workspace block and notification, when the task has an agent and Letta is configured (read only). */
+  letta?: { block_id: string | null, attached: boolean, notified: boolean, error: string | null } | null
 }
 
 export interface TaskEvent { seq: number, at: number, type: string, data: Record<string, unknown> }

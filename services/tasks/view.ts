@@ -2,10 +2,10 @@
  * The public view of a task: what every task tool and HTTP endpoint returns. One TypeBox schema;
  * the HTTP routes use it as their response schema, the MCP tools as their output schema.
  */
-import { Type, type Static } from 'typebox'
+import { Type, type Static, type TSchema } from 'typebox'
 import { TASK_STATUSES, type TaskEvent, type TaskRecord } from './types.js'
 
-const Nullable = <T extends ReturnType<typeof Type.String> | ReturnType<typeof Type.Integer>>(schema: T) => Type.Union([schema, Type.Null()])
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 
 export const TaskStatusSchema = Type.Enum(TASK_STATUSES)
 
@@ -34,7 +34,14 @@ export const TaskViewSchema = Type.Object({
   turns: Type.Integer({ description: 'Turns run: the task, then each follow-up message' }),
   pending_messages: Type.Integer({ description: 'Follow-up messages waiting for the next turn' }),
   has_diff: Type.Boolean({ description: 'True when the workspace is a git repository and get_task_diff has its changes' }),
-  workspace_available: Type.Boolean({ description: 'False once the workspace was removed after WORKSPACE_RETENTION_MS' })
+  workspace_available: Type.Boolean({ description: 'False once the workspace was removed after WORKSPACE_RETENTION_MS' }),
+  letta: Nullable(Type.Object({
+    block_id: Nullable(Type.String()),
+    block_label: Type.String({ description: 'opencode_workspace_<task_id>' }),
+    attached: Type.Boolean(),
+    notified: Type.Boolean({ description: 'The agent was sent the completion message' }),
+    error: Nullable(Type.String({ description: 'The last Letta error (an unknown agent, an outage); the task is not affected' }))
+  }, { description: 'The Letta workspace block of the task, when Letta is configured and the task has an agent_id' }))
 })
 export type TaskView = Static<typeof TaskViewSchema>
 
@@ -75,7 +82,8 @@ export function taskView (t: TaskRecord): TaskView {
     turns: t.turns,
     pending_messages: t.pending.length,
     has_diff: t.diff !== null,
-    workspace_available: t.turns > 0 && t.workspace_removed_at === null
+    workspace_available: t.turns > 0 && t.workspace_removed_at === null,
+    letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
 }
 

@@ -1,0 +1,222 @@
+/**
+ * Letta integration through the official SDK (@letta-ai/letta-client): for each task of an agent,
+ * a workspace memory block (created, attached, updated while the task runs, detached after a delay,
+ * deleted with the task's workspace) and one completion message through the asynchronous message
+ * API, so the service never waits on an agent step.
+ *
+ * It is an outbox: the task engine only marks what changed (in the store, so nothing is lost across
+ * restarts); a worker writes it out, coalescing updates (at most one write per task per flush
+ * interval), with the SDK's retries (backoff and jitter on 408/409/429/5xx and timeouts) and then its
+ * own backoff while Letta is down. A Letta outage never fails, blocks or slows a task.
+ */
+import Letta, { APIError } from '@letta-ai/letta-client'
+import type { Config } from '../config.js'
+import type { LettaSyncRow, TaskStore } from '../tasks/store.js'
+import { TERMINAL, type TaskRecord } from '../tasks/types.js'
+import { BLOCK_DESCRIPTION, blockLabel, buildBlockValue, notificationRef, notificationText } from './block.js'
+
+export type LettaConfig = Pick<Config, 'LETTA_API_URL' | 'LETTA_API_TOKEN' | 'WORKSPACE_BLOCK_LIMIT' | 'WORKSPACE_MAX_EVENTS' | 'LETTA_DETACH_DELAY_MS' |
+'LETTA_FLUSH_INTERVAL_MS' | 'LETTA_TIMEOUT_MS' | 'LETTA_MAX_RETRIES' | 'LETTA_PROBE_INTERVAL_MS'>
+
+interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
+
+export interface LettaState {
+  configured: boolean
+  reachable: boolean
+  version: string | null
+  last_error: string | null
+  checked_at: string | null
+}
+
+/** How many history events a block write reads (the block keeps WORKSPACE_MAX_EVENTS of them). */
+const EVENTS_READ = 500
+const BATCH = 8
+const MAX_BACKOFF_MS = 60_000
+
+const describe = (err: unknown): string => err instanceof APIError
+  ? `Letta answered ${err.status ?? 'no response'}: ${err.message}`
+  : (err as Error).message
+
+export class LettaSync {
+  readonly client: Letta
+  state: LettaState = { configured: true, reachable: false, version: null, last_error: 'not checked yet', checked_at: null }
+  private timer?: NodeJS.Timeout
+  private probeTimer?: NodeJS.Timeout
+  private ticking?: Promise<void>
+  private stopped = false
+
+  constructor (
+    private readonly store: TaskStore,
+    private readonly config: LettaConfig,
+    private readonly log: Logger,
+    private readonly onFailure: (kind: 'block' | 'notification') => void = () => {}
+  ) {
+    this.client = new Letta({
+      baseURL: config.LETTA_API_URL,
+      apiKey: config.LETTA_API_TOKEN,
+      timeout: config.LETTA_TIMEOUT_MS,
+      maxRetries: config.LETTA_MAX_RETRIES
+    })
+  }
+
+  // --- what the task engine tells ----------------------------------------------------------------
+
+  /** A task of an agent: its block is to be made. Tasks without an agent id have no block. */
+  track (task: TaskRecord): void {
+    if (!task.agent_id) return
+    this.store.lettaTrack(task.id, task.agent_id)
+  }
+
+  /** Something to show changed: written out at the next flush. */
+  changed (taskId: string): void {
+    const row = this.store.lettaGet(taskId)
+    if (row && !row.dirty) this.store.lettaUpdate(taskId, { dirty: 1 })
+  }
+
+  /** The task (or a follow-up turn of it) ended: final block value, then the notification, once per end. */
+  ended (task: TaskRecord): void {
+    const row = this.store.lettaGet(task.id)
+    if (!row) return
+    const told = row.notified_turn >= task.turns && row.notify === 'sent'
+    this.store.lettaUpdate(task.id, { dirty: 1, notify: told ? 'sent' : row.notify === 'sending' ? 'sending' : 'pending', next_attempt_at: 0 })
+    this.kick()
+  }
+
+  /** What the task view shows of it. */
+  status (taskId: string): { block_id: string | null, block_label: string, attached: boolean, notified: boolean, error: string | null } | null {
+    const row = this.store.lettaGet(taskId)
+    return row ? { block_id: row.block_id, block_label: blockLabel(taskId), attached: row.attached === 1, notified: row.notify === 'sent', error: row.error } : null
+  }
+
+  pending (): number {
+    return this.store.lettaPending()
+  }
+
+  // --- the worker ------------------------------------------------------------------------------
+
+  start (): void {
+    this.timer = setInterval(() => this.kick(), this.config.LETTA_FLUSH_INTERVAL_MS).unref()
+    void this.probe()
+    this.probeTimer = setInterval(() => { void this.probe() }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    clearInterval(this.timer)
+    clearInterval(this.probeTimer)
+    await this.ticking
+  }
+
+  /** Runs a pass over the due rows unless one is running. */
+  kick (): Promise<void> {
+    if (this.stopped) return Promise.resolve()
+    this.ticking ??= this.tick().finally(() => { this.ticking = undefined })
+    return this.ticking
+  }
+
+  /** Writes out everything due now; resolves when done (tests and shutdown wait on it). */
+  async flush (): Promise<void> {
+    await this.ticking
+    await this.kick()
+  }
+
+  async probe (): Promise<LettaState> {
+    try {
+      const health = await this.client.health({ timeout: Math.min(5_000, this.config.LETTA_TIMEOUT_MS), maxRetries: 0 })
+      const was = this.state.reachable
+      this.state = { configured: true, reachable: true, version: health.version ?? null, last_error: null, checked_at: new Date().toISOString() }
+      if (!was) this.log.info({ version: health.version }, 'letta reachable')
+    } catch (err) {
+      const was = this.state.reachable
+      this.state = { ...this.state, reachable: false, last_error: describe(err), checked_at: new Date().toISOString() }
+      if (was) this.log.warn({ error: this.state.last_error }, 'letta unreachable; task updates wait in the outbox')
+    }
+    return this.state
+  }
+
+  private async tick (): Promise<void> {
+    const due = this.store.lettaDue(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
+    await Promise.all(due.map((row) => this.process(row)))
+  }
+
+  private async process (row: LettaSyncRow): Promise<void> {
+    const task = this.store.get(row.task_id)
+    if (!task) return
+    let step: 'block' | 'notification' = 'block'
+    try {
+      if (task.workspace_removed_at) {
+        if (row.block_id) await this.client.blocks.delete(row.block_id).catch((err: unknown) => { if (!(err instanceof APIError && err.status === 404)) throw err })
+        this.store.lettaUpdate(task.id, { deleted: 1, attached: 0, dirty: 0 })
+        return
+      }
+      if (!row.block_id) {
+        const block = await this.client.blocks.create({
+          label: blockLabel(task.id),
+          value: this.value(task),
+          limit: this.config.WORKSPACE_BLOCK_LIMIT,
+          description: BLOCK_DESCRIPTION,
+          metadata: { source: 'letta-opencode-plugin', task_id: task.id }
+        })
+        row = { ...row, block_id: block.id, dirty: 0 }
+        this.store.lettaUpdate(task.id, { block_id: block.id, dirty: 0 })
+      }
+      if (!row.attached && !row.detached) {
+        await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
+        this.store.lettaUpdate(task.id, { attached: 1 })
+        row = { ...row, attached: 1 }
+      }
+      if (row.dirty) {
+        // cleared before the read: a change during the write marks it again
+        this.store.lettaUpdate(task.id, { dirty: 0 })
+        await this.client.blocks.update(row.block_id as string, { value: this.value(this.store.get(task.id) as TaskRecord) })
+      }
+      if (row.notify === 'pending' || row.notify === 'sending') {
+        step = 'notification'
+        await this.notify(task, row)
+      }
+      if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
+        await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
+        this.store.lettaUpdate(task.id, { attached: 0, detached: 1 })
+      }
+      if (row.error || row.attempts) this.store.lettaUpdate(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
+    } catch (err) {
+      const unknownAgent = err instanceof APIError && err.status === 404 && !row.attached && row.block_id !== null
+      const message = unknownAgent
+        ? `Letta agent ${row.agent_id} was not found (the block ${blockLabel(task.id)} could not be attached); the task runs on: check the agent_id`
+        : describe(err)
+      const attempts = row.attempts + 1
+      // exponential backoff with jitter; an unknown agent is retried rarely
+      const delay = unknownAgent ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
+      this.store.lettaUpdate(task.id, { error: message, attempts, next_attempt_at: Date.now() + delay })
+      this.onFailure(step)
+      this.log.warn({ taskId: task.id, agentId: row.agent_id, step, attempts, error: message }, 'letta update failed; it will be retried')
+    }
+  }
+
+  /**
+   * The completion message, exactly once: `sending` is written before the call; a restart that finds
+   * `sending` first looks for the message among the agent's recent messages, and sends only if absent.
+   * The call itself is not retried by the SDK (a timed-out send may have arrived).
+   */
+  private async notify (task: TaskRecord, row: LettaSyncRow): Promise<void> {
+    const current = this.store.get(task.id) as TaskRecord
+    if (row.notify === 'sending' && await this.delivered(row.agent_id, notificationRef(current))) {
+      this.store.lettaUpdate(task.id, { notify: 'sent', notified_turn: current.turns })
+      return
+    }
+    this.store.lettaUpdate(task.id, { notify: 'sending' })
+    await this.client.agents.messages.createAsync(row.agent_id, { messages: [{ role: 'user', content: notificationText(current) }] }, { maxRetries: 0 })
+    this.store.lettaUpdate(task.id, { notify: 'sent', notified_turn: current.turns })
+    this.log.info({ taskId: task.id, agentId: row.agent_id, turn: current.turns }, 'letta notified of the task end')
+  }
+
+  /** Whether the agent's recent messages hold the notification with this reference. */
+  private async delivered (agentId: string, ref: string): Promise<boolean> {
+    const page = await this.client.agents.messages.list(agentId, { limit: 100, order: 'desc' })
+    return page.getPaginatedItems().some((m) => JSON.stringify(m).includes(ref))
+  }
+
+  private value (task: TaskRecord): string {
+    return buildBlockValue(task, this.store.events(task.id, 0, EVENTS_READ, 'desc').reverse(), { chars: this.config.WORKSPACE_BLOCK_LIMIT, maxEvents: this.config.WORKSPACE_MAX_EVENTS })
+  }
+}
