@@ -96,8 +96,8 @@ export class LettaSync {
 
   start (): void {
     this.timer = setInterval(() => this.kick(), this.config.LETTA_FLUSH_INTERVAL_MS).unref()
-    void this.probe()
-    this.probeTimer = setInterval(() => { void this.probe() }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
+    this.probe().catch(() => {})
+    this.probeTimer = setInterval(() => { this.probe().catch(() => {}) }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
   }
 
   async stop (): Promise<void> {
