@@ -62,19 +62,34 @@ export function buildBlockValue (task: TaskRecord, events: TaskEvent[], limits: 
     }
   })
   let text = value(false)
-  // over the limit: drop events oldest first, then shorten the summary, then its file list
+  const shorten = (a: BlockArtifact, field: 'answer' | 'error', max: number) => {
+    const current = a[field]
+    if (current && current.length > max) {
+      a[field] = current.slice(0, Math.max(0, max - 12)) + '… [trimmed]'
+      a.truncated = true
+    }
+  }
+  // over the limit: first a long result gets at most half the block (its start), long file lists 20 entries
+  if (text.length > limits.chars) {
+    for (const a of artifacts) {
+      shorten(a, 'answer', Math.floor(limits.chars / 2))
+      shorten(a, 'error', Math.floor(limits.chars / 8))
+      if (a.files_changed.length > 20) { a.files_changed = [...a.files_changed.slice(0, 20), `… ${a.files_changed.length - 20} more`]; a.truncated = true }
+    }
+    text = value(artifacts.some((a) => a.truncated))
+  }
+  // then the oldest events go
   while (text.length > limits.chars && kept.length > 0) {
     kept = kept.slice(Math.max(1, Math.ceil(kept.length / 4)))
-    text = value(false)
+    text = value(artifacts.some((a) => a.truncated))
   }
+  // then the result shrinks to what is left
   for (const a of artifacts) {
-    while (text.length > limits.chars && ((a.answer?.length ?? 0) > 200 || (a.error?.length ?? 0) > 200 || a.files_changed.length > 10)) {
-      const over = text.length - limits.chars + 100
-      if (a.answer && a.answer.length > 200) a.answer = a.answer.slice(0, Math.max(200, a.answer.length - over)) + '… [trimmed]'
-      else if (a.error && a.error.length > 200) a.error = a.error.slice(0, Math.max(200, a.error.length - over)) + '… [trimmed]'
-      else a.files_changed = [...a.files_changed.slice(0, 10), `… ${a.files_changed.length - 10} more`]
-      a.truncated = true
-      text = value(true)
+    for (const field of ['answer', 'error'] as const) {
+      if (text.length > limits.chars) {
+        shorten(a, field, Math.max(200, (a[field]?.length ?? 0) - (text.length - limits.chars)))
+        text = value(true)
+      }
     }
   }
   if (text.length > limits.chars) {
