@@ -16,7 +16,8 @@ if [ ! -s "$CACHE_DIR/$TGZ" ]; then
   echo "runner image: fetching opencode-linux-x64@$VERSION"
   (cd "$CACHE_DIR" && npm pack --silent "opencode-linux-x64@$VERSION" >/dev/null)
 fi
+# kept in runner/vendor (git-ignored): `docker compose build` with RUNNER_BASE_IMAGE set to the same
+# base then finds every layer in the build cache
 cp "$CACHE_DIR/$TGZ" runner/vendor/
 docker build -q --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" runner >/dev/null
-rm -f runner/vendor/*.tgz
 echo "runner image: $IMAGE ready (OpenCode $VERSION)"
