@@ -16,7 +16,8 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import Fastify from 'fastify'
 import app from '../app.js'
 import { DockerEngine } from '../services/docker/engine.js'
-import { containerSpec } from '../services/tasks/container-spec.js'
+import { stateVolume, workspaceVolume } from '../services/runner/workspace.js'
+import { containerSpec, LABEL } from '../services/tasks/container-spec.js'
 
 const IMAGE = process.env.BENCH_IMAGE ?? 'letta-opencode-test-agent:latest'
 const CONCURRENCY = 3
@@ -39,8 +40,10 @@ export async function runTasksBench () {
   const engine = new DockerEngine()
   const config = fastify.config
   let n = 0
+  const rawIds: string[] = []
   const raw = async (text: string) => {
     const id = `task_bench-raw-${process.pid}-${n++}`
+    rawIds.push(id)
     const { Id } = await engine.createContainer(containerSpec(config, { id, agent_id: null, argv: [text] }, 'bench-raw'))
     await engine.startContainer(Id)
     await engine.waitContainer(Id)
@@ -88,8 +91,12 @@ export async function runTasksBench () {
   const queue = median(rawQ) / median(serviceQ)
 
   await client.close()
+  const owner = fastify.tasks.owner
   await fastify.close()
   rmSync(dataDir, { recursive: true, force: true })
+  // the workspaces both sides made (the raw side's volumes are created with its containers)
+  for (const id of rawIds) for (const v of [workspaceVolume(id), stateVolume(id)]) await engine.removeVolume(v, true).catch(() => {})
+  for (const v of await engine.listVolumes({ [LABEL.owner]: owner })) await engine.removeVolume(v.Name, true).catch(() => {})
   return [
     { benchmark: `dispatch: sync task latency / raw lifecycle (median of ${DISPATCH_ROUNDS}: ${median(serviceMs).toFixed(0)} ms vs ${median(rawMs).toFixed(0)} ms)`, value: `${dispatch.toFixed(3)}x`, target: '≤ 1.05x', met: dispatch <= 1.05 },
     { benchmark: `queue: ${QUEUE_TASKS} tasks at concurrency ${CONCURRENCY}, throughput / raw (${(QUEUE_TASKS / median(serviceQ) * 1000).toFixed(1)} vs ${(QUEUE_TASKS / median(rawQ) * 1000).toFixed(1)} tasks/s)`, value: `${queue.toFixed(3)}x`, target: '≥ 0.9x', met: queue >= 0.9 }
