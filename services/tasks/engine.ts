@@ -9,6 +9,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
@@ -524,6 +525,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       }
       return this.store.get(id) as TaskRecord
     }
+    // a task marked running whose container is still being created: wait for it (bounded)
+    if (live && task.status === 'running') await this.containerStarted(live, 15_000)
     if (!live?.containerId || (action === 'pause' && task.status !== 'running') || (action === 'resume' && task.status !== 'paused')) {
       throw new TaskError('conflict', `Task ${id} is ${task.status}; ${action} needs a ${action === 'pause' ? 'running' : 'paused'} task`)
     }
@@ -545,6 +548,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return this.store.get(id) as TaskRecord
   }
 
+  /** Resolves once the live task's container exists (or it is ending), at most after `ms`. */
+  private async containerStarted (live: Live, ms: number): Promise<void> {
+    const until = Date.now() + ms
+    while (!live.containerId && !live.ending && Date.now() < until) await sleep(50)
+  }
+
   // --- lifecycle ------------------------------------------------------------------------------
 
   /**
@@ -552,7 +561,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * failed with the reason; queued tasks are queued again; labelled containers with no task are removed.
    */
   async recover (): Promise<void> {
-    for (const task of this.store.withStatus('running', 'paused')) {
+    // both snapshots before the first await: a task submitted meanwhile is scheduled by submit() alone
+    const interrupted = this.store.withStatus('running', 'paused')
+    const queued = this.store.withStatus('queued')
+    for (const task of queued) this.schedule(task)
+    for (const task of interrupted) {
       const state = task.container_id ? await this.docker.inspectContainer(task.container_id).then((i) => i.State, () => undefined) : undefined
       if (state && (state.Running || state.Paused)) {
         if (state.Paused) await this.docker.unpauseContainer(task.container_id as string).catch(() => {})
@@ -566,8 +579,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
           async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
       }
     }
-    for (const task of this.store.withStatus('queued')) this.schedule(task)
-    await this.reconcile()
+    // orphans and expired workspaces: not on the start-up path (a busy engine must not delay it)
+    this.reconcile().catch((err: Error) => this.log.warn({ err }, 'reconcile failed; it runs again at the next interval'))
   }
 
   /**
