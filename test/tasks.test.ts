@@ -225,7 +225,7 @@ t.test('100 MB of output: service memory stays bounded, the result holds head an
   t.match(done, { status: 'completed', output_truncated: true, output_bytes: 100 * 1024 * 1024 })
   t.ok((done.output as string).length < 70_000, 'the result is bounded by TASK_OUTPUT_LIMIT')
   const growth = (peak - before) / 1024 / 1024
-  t.ok(growth < 48, `heap + buffers grew by ${growth.toFixed(1)} MB while 100 MB went through`)
+  t.ok(growth < 64, `heap + buffers (garbage included) grew by ${growth.toFixed(1)} MB while 100 MB went through`)
   const { statSync } = await import('node:fs')
   t.ok(statSync(app.tasks.logPath(done.task_id)).size <= 16 * 1024 * 1024 + 100, 'the on-disk log stops at TASK_LOG_LIMIT')
 })

@@ -112,12 +112,14 @@ export class OpenCodeReader {
 }
 
 /**
- * Splits a byte stream into lines with bounded memory: a line longer than `maxLine` is cut into
- * pieces of that size (such a piece is never an event line and goes to the log only).
+ * Splits a byte stream into lines with bounded memory. A line longer than `maxLine` is skipped up to
+ * its newline (it cannot be read as an event; it stays in the log), so a huge unbroken output never
+ * turns into huge strings.
  */
 export class LineSplitter {
   private pending: Buffer[] = []
   private pendingBytes = 0
+  private skipping = false
 
   constructor (private readonly maxLine = 1024 * 1024) {}
 
@@ -125,31 +127,33 @@ export class LineSplitter {
     const lines: string[] = []
     let start = 0
     for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, start)) {
-      lines.push(this.take(chunk.subarray(start, i)))
+      const piece = chunk.subarray(start, i)
+      if (!this.skipping && this.pendingBytes + piece.length <= this.maxLine) lines.push(Buffer.concat([...this.pending, piece]).toString('utf8'))
+      this.reset()
       start = i + 1
     }
-    let rest = chunk.subarray(start)
-    while (this.pendingBytes + rest.length > this.maxLine) {
-      const room = this.maxLine - this.pendingBytes
-      lines.push(this.take(rest.subarray(0, room)))
-      rest = rest.subarray(room)
-    }
-    if (rest.length) {
+    const rest = chunk.subarray(start)
+    if (this.skipping || rest.length === 0) return lines
+    if (this.pendingBytes + rest.length > this.maxLine) {
+      this.reset()
+      this.skipping = true
+    } else {
       this.pending.push(Buffer.from(rest))
       this.pendingBytes += rest.length
     }
     return lines
   }
 
-  /** What is left after the stream ended. */
+  /** The last line, when the stream ended without a newline. */
   end (): string[] {
-    return this.pendingBytes ? [this.take(Buffer.alloc(0))] : []
+    const last = !this.skipping && this.pendingBytes ? [Buffer.concat(this.pending).toString('utf8')] : []
+    this.reset()
+    return last
   }
 
-  private take (tail: Buffer): string {
-    const line = Buffer.concat([...this.pending, tail]).toString('utf8')
+  private reset (): void {
     this.pending = []
     this.pendingBytes = 0
-    return line
+    this.skipping = false
   }
 }
