@@ -16,8 +16,11 @@ async function main (): Promise<void> {
     console.error((err as Error).message)
     process.exit(1)
   }
+  // close runs the drain in a preClose hook: avvio's timeout must outlast it (validated values come later)
+  const drainMs = (Number(env.SHUTDOWN_GRACE_MS) || 20_000) + (Number(env.RUNNER_STOP_GRACE_S) || 10) * 1000 + 15_000
   const fastify = Fastify({
     logger: loggerOptions(env),
+    pluginTimeout: Math.max(10_000, drainMs),
     requestTimeout: 0, // SSE streams and sync tool calls are long-lived; idle sockets still time out
     keepAliveTimeout: 65_000,
     connectionTimeout: 0,

@@ -53,6 +53,8 @@ export interface TaskEngineEvents {
 
 interface Live {
   containerId?: string
+  /** The container was started (a created container cannot be paused). */
+  started?: boolean
   ending?: EndReason
   timer?: NodeJS.Timeout
   idle?: NodeJS.Timeout
@@ -286,6 +288,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (turn === 1 && task.seed) await this.workspaces.seed(containerId, task.seed)
       const stream = await this.docker.attachContainer(containerId, this.closing.signal)
       await this.docker.startContainer(containerId)
+      live.started = true
       // a cancel that came while the container was starting found nothing running to stop
       if (live.ending) this.stop(live)
       return { containerId, stream }
@@ -379,6 +382,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     if (!live.containerId) return
     await this.docker.removeContainer(live.containerId, { force: true }).catch((err: Error) => this.log.warn({ taskId: id, err }, 'container removal failed'))
     live.containerId = undefined
+    live.started = false
   }
 
   private armTimeout (id: string, live: Live): void {
@@ -527,7 +531,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     // a task marked running whose container is still being created: wait for it (bounded)
     if (live && task.status === 'running') await this.containerStarted(live, 15_000)
-    if (!live?.containerId || (action === 'pause' && task.status !== 'running') || (action === 'resume' && task.status !== 'paused')) {
+    if (!live?.containerId || !live.started || (action === 'pause' && task.status !== 'running') || (action === 'resume' && task.status !== 'paused')) {
       throw new TaskError('conflict', `Task ${id} is ${task.status}; ${action} needs a ${action === 'pause' ? 'running' : 'paused'} task`)
     }
     if (action === 'pause') {
@@ -548,10 +552,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return this.store.get(id) as TaskRecord
   }
 
-  /** Resolves once the live task's container exists (or it is ending), at most after `ms`. */
+  /** Resolves once the live task's container was started (or it is ending), at most after `ms`. */
   private async containerStarted (live: Live, ms: number): Promise<void> {
     const until = Date.now() + ms
-    while (!live.containerId && !live.ending && Date.now() < until) await sleep(50)
+    while (!live.started && !live.ending && Date.now() < until) await sleep(50)
   }
 
   // --- lifecycle ------------------------------------------------------------------------------
@@ -573,7 +577,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         this.store.addEvent(task.id, 'reattached', {})
         const elapsed = Date.now() - (task.started_at ?? Date.now())
         this.schedule({ ...task, timeout_ms: task.timeout_ms - elapsed }, task.container_id as string)
-        ;(this.live.get(task.id) as Live).containerId = task.container_id as string
+        Object.assign(this.live.get(task.id) as Live, { containerId: task.container_id as string, started: true })
       } else {
         await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
           async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })

@@ -22,7 +22,8 @@ export function tempDir (t: Test, prefix = 'lop-'): string {
 export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const fastify = Fastify({ logger: false })
   const dataDir = mkdtempSync(join(tmpdir(), 'lop-data-'))
-  const env = { DATA_DIR: dataDir, ...opts.env }
+  // no drain wait at teardown unless a test asks for one
+  const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', ...opts.env }
   await fastify.register(app, { ...opts, env, envFile: false })
   t.teardown(async () => {
     await fastify.close()
