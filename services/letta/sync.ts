@@ -95,6 +95,8 @@ export class LettaSync {
   // --- the worker ------------------------------------------------------------------------------
 
   start (): void {
+    // a new process owes nothing to the backoff of the last one
+    this.store.lettaRetryNow()
     this.timer = setInterval(() => this.kick(), this.config.LETTA_FLUSH_INTERVAL_MS).unref()
     this.probe().catch(() => {})
     this.probeTimer = setInterval(() => { this.probe().catch(() => {}) }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
@@ -125,7 +127,12 @@ export class LettaSync {
       const health = await this.client.health({ timeout: Math.min(5_000, this.config.LETTA_TIMEOUT_MS), maxRetries: 0 })
       const was = this.state.reachable
       this.state = { configured: true, reachable: true, version: health.version ?? null, last_error: null, checked_at: new Date().toISOString() }
-      if (!was) this.log.info({ version: health.version }, 'letta reachable')
+      if (!was) {
+        this.log.info({ version: health.version }, 'letta reachable')
+        // Letta is back: what waited in backoff goes out now
+        this.store.lettaRetryNow()
+        this.kick().catch(() => {})
+      }
     } catch (err) {
       const was = this.state.reachable
       this.state = { ...this.state, reachable: false, last_error: describe(err), checked_at: new Date().toISOString() }
@@ -135,62 +142,84 @@ export class LettaSync {
   }
 
   private async tick (): Promise<void> {
+    this.store.lettaCatchUp()
     const due = this.store.lettaDue(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
     await Promise.all(due.map((row) => this.process(row)))
   }
 
+  /** One task's outbox entry: the block (create, attach, update, detach, delete), then the notification, each on its own. */
   private async process (row: LettaSyncRow): Promise<void> {
     const task = this.store.get(row.task_id)
     if (!task) return
-    let step: 'block' | 'notification' = 'block'
+    const failures: Array<{ step: 'block' | 'notification', message: string, unknownAgent: boolean }> = []
     try {
       if (task.workspace_removed_at) {
         if (row.block_id) await this.client.blocks.delete(row.block_id).catch((err: unknown) => { if (!(err instanceof APIError && err.status === 404)) throw err })
         this.store.lettaUpdate(task.id, { deleted: 1, attached: 0, dirty: 0 })
         return
       }
-      if (!row.block_id) {
-        const block = await this.client.blocks.create({
-          label: blockLabel(task.id),
-          value: this.value(task),
-          limit: this.config.WORKSPACE_BLOCK_LIMIT,
-          description: BLOCK_DESCRIPTION,
-          metadata: { source: 'letta-opencode-plugin', task_id: task.id }
-        })
-        row = { ...row, block_id: block.id, dirty: 0 }
-        this.store.lettaUpdate(task.id, { block_id: block.id, dirty: 0 })
-      }
-      if (!row.attached && !row.detached) {
-        await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
-        this.store.lettaUpdate(task.id, { attached: 1 })
-        row = { ...row, attached: 1 }
-      }
-      if (row.dirty) {
-        // cleared before the read: a change during the write marks it again
-        this.store.lettaUpdate(task.id, { dirty: 0 })
-        await this.client.blocks.update(row.block_id as string, { value: this.value(this.store.get(task.id) as TaskRecord) })
-      }
-      if (row.notify === 'pending' || row.notify === 'sending') {
-        step = 'notification'
-        await this.notify(task, row)
-      }
-      if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
-        await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
-        this.store.lettaUpdate(task.id, { attached: 0, detached: 1 })
-      }
-      if (row.error || row.attempts) this.store.lettaUpdate(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
+      row = await this.syncBlock(task, row)
     } catch (err) {
       const unknownAgent = err instanceof APIError && err.status === 404 && !row.attached && row.block_id !== null
-      const message = unknownAgent
-        ? `Letta agent ${row.agent_id} was not found (the block ${blockLabel(task.id)} could not be attached); the task runs on: check the agent_id`
-        : describe(err)
-      const attempts = row.attempts + 1
-      // exponential backoff with jitter; an unknown agent is retried rarely
-      const delay = unknownAgent ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
-      this.store.lettaUpdate(task.id, { error: message, attempts, next_attempt_at: Date.now() + delay })
-      this.onFailure(step)
-      this.log.warn({ taskId: task.id, agentId: row.agent_id, step, attempts, error: message }, 'letta update failed; it will be retried')
+      failures.push({
+        step: 'block',
+        unknownAgent,
+        message: unknownAgent ? `Letta agent ${row.agent_id} was not found (the block ${blockLabel(task.id)} could not be attached); the task runs on: check the agent_id` : describe(err)
+      })
+      // a block write that failed is owed again
+      if (row.dirty) this.store.lettaUpdate(task.id, { dirty: 1 })
     }
+    // the notification does not wait for the block: an agent hears of the end even if its block is stuck
+    if (row.notify === 'pending' || row.notify === 'sending') {
+      try {
+        await this.notify(task, row)
+      } catch (err) {
+        failures.push({ step: 'notification', unknownAgent: false, message: describe(err) })
+      }
+    }
+    if (failures.length === 0) {
+      if (row.error || row.attempts) this.store.lettaUpdate(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
+      return
+    }
+    const attempts = row.attempts + 1
+    // exponential backoff with jitter; an unknown agent is retried rarely
+    const delay = failures.some((f) => f.unknownAgent) ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
+    this.store.lettaUpdate(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
+    for (const f of failures) {
+      this.onFailure(f.step)
+      this.log.warn({ taskId: task.id, agentId: row.agent_id, step: f.step, attempts, error: f.message }, 'letta update failed; it will be retried')
+    }
+  }
+
+  /** Creates, attaches, updates and (when due) detaches the task's block; the row as it now stands. */
+  private async syncBlock (task: TaskRecord, row: LettaSyncRow): Promise<LettaSyncRow> {
+    if (!row.block_id) {
+      const block = await this.client.blocks.create({
+        label: blockLabel(task.id),
+        value: this.value(task),
+        limit: this.config.WORKSPACE_BLOCK_LIMIT,
+        description: BLOCK_DESCRIPTION,
+        metadata: { source: 'letta-opencode-plugin', task_id: task.id }
+      })
+      row = { ...row, block_id: block.id, dirty: 0 }
+      this.store.lettaUpdate(task.id, { block_id: block.id, dirty: 0 })
+    }
+    if (!row.attached && !row.detached) {
+      await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
+      this.store.lettaUpdate(task.id, { attached: 1 })
+      row = { ...row, attached: 1 }
+    }
+    if (row.dirty) {
+      // cleared before the read: a change during the write marks it again
+      this.store.lettaUpdate(task.id, { dirty: 0 })
+      await this.client.blocks.update(row.block_id as string, { value: this.value(this.store.get(task.id) as TaskRecord) })
+    }
+    if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
+      await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
+      this.store.lettaUpdate(task.id, { attached: 0, detached: 1 })
+      row = { ...row, attached: 0, detached: 1 }
+    }
+    return row
   }
 
   /**

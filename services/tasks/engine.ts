@@ -294,7 +294,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       return { containerId, stream }
     } catch (err) {
       const removal = () => this.removeContainer(id, live)
-      if (endingOf(live) === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
+      const ending = endingOf(live)
+      if (ending === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
+      else if (ending) await this.finish(id, { status: ending === 'timeout' ? 'timeout' : 'failed', reason: ending, error: `ended (${ending}) before its container started` }, removal)
       else await this.finish(id, { status: 'failed', reason: 'engine_error', error: (err as Error).message }, removal)
       return undefined
     }
@@ -618,7 +620,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   async drain (graceMs: number): Promise<void> {
     this.accepting = false
-    const running = () => [...this.live.entries()].filter(([, live]) => live.containerId)
+    // running: started turns, with or without their container yet (queued tasks stay queued)
+    const running = () => [...this.live.entries()].filter(([id]) => ['running', 'paused'].includes(this.store.get(id)?.status ?? ''))
     const ends = (ids: string[], ms: number) => Promise.all(ids.map((id) => this.waitForEnd(id, ms)))
     if (running().length === 0) return
     this.log.info({ running: running().length, graceMs }, 'draining: waiting for running tasks')

@@ -209,6 +209,21 @@ export class TaskStore {
       ORDER BY l.next_attempt_at LIMIT @limit`).all({ now, limit, detachBefore: now - detachDelayMs }) as LettaSyncRow[]
   }
 
+  /**
+   * Ended tasks whose end the agent was not told of (the process stopped between the task's end and
+   * the outbox entry, or a follow-up turn ended): their notification becomes pending.
+   */
+  lettaCatchUp (): void {
+    this.db.prepare(`UPDATE letta_sync SET notify = 'pending', dirty = 1 WHERE deleted = 0 AND task_id IN (
+      SELECT t.id FROM tasks t WHERE t.id = letta_sync.task_id AND t.status IN ('completed', 'failed', 'timeout', 'cancelled')
+      AND (letta_sync.notify = 'none' OR (letta_sync.notify = 'sent' AND t.turns > letta_sync.notified_turn)))`).run()
+  }
+
+  /** Everything waiting in backoff is due now (Letta is back, or a new process starts). */
+  lettaRetryNow (): void {
+    this.db.prepare('UPDATE letta_sync SET next_attempt_at = 0 WHERE next_attempt_at > 0 AND deleted = 0').run()
+  }
+
   /** Outbox rows not done yet (health: pending Letta work). */
   lettaPending (): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM letta_sync WHERE deleted = 0 AND (dirty = 1 OR notify IN ('pending', 'sending'))").get() as { n: number }).n
