@@ -83,7 +83,7 @@ export async function runTasksBench () {
   })
   const rawQ: number[] = []
   const serviceQ: number[] = []
-  for (let i = 0; i < 2; i++) {
+  for (let i = 0; i < 3; i++) {
     rawQ.push(await rawQueue())
     serviceQ.push(await serviceQueue())
   }

@@ -44,7 +44,7 @@ export interface ContainerCreateSpec {
     NetworkMode?: string
     AutoRemove?: boolean
     Binds?: string[]
-    Mounts?: Array<{ Type: 'volume' | 'bind' | 'tmpfs', Source?: string, Target: string, ReadOnly?: boolean, TmpfsOptions?: { SizeBytes?: number, Mode?: number } }>
+    Mounts?: Array<{ Type: 'volume' | 'bind' | 'tmpfs', Source?: string, Target: string, ReadOnly?: boolean, TmpfsOptions?: { SizeBytes?: number, Mode?: number }, VolumeOptions?: { Labels?: Labels } }>
     Tmpfs?: Record<string, string>
     Ulimits?: Array<{ Name: string, Soft: number, Hard: number }>
     LogConfig?: { Type: string, Config?: Record<string, string> }

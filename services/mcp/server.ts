@@ -17,6 +17,16 @@ export interface ToolDeps extends TaskToolDeps {
   onToolCall?: (tool: string, outcome: 'ok' | 'error' | 'exception') => void
 }
 
+/** Built once for every session. */
+const PingOutput = z.object({
+  pong: z.literal(true),
+  timestamp: z.string(),
+  principal: z.string(),
+  agent_id: z.string().nullable(),
+  session_id: z.string().nullable()
+})
+const NoInput = z.object({})
+
 /** What every tool knows about its caller. */
 export interface Caller {
   principal: string
@@ -75,14 +85,8 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
   server.registerTool('ping', {
     title: 'Ping',
     description: 'Checks that the server answers; echoes who the server thinks is calling.',
-    inputSchema: {},
-    outputSchema: {
-      pong: z.literal(true),
-      timestamp: z.string(),
-      principal: z.string(),
-      agent_id: z.string().nullable(),
-      session_id: z.string().nullable()
-    },
+    inputSchema: NoInput,
+    outputSchema: PingOutput,
     annotations: { readOnlyHint: true, openWorldHint: false }
   }, async (_args, extra) => {
     const caller = callerOf(principal, extra)
@@ -92,7 +96,7 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
   server.registerTool('health', {
     title: 'Service health',
     description: 'The service health report: status, Docker engine reachability, sessions, uptime and security settings (the same as GET /health).',
-    inputSchema: {},
+    inputSchema: NoInput,
     outputSchema: HealthReportSchema,
     annotations: { readOnlyHint: true, openWorldHint: false }
   }, async (_args, extra) => {

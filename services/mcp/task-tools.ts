@@ -54,6 +54,76 @@ async function waitWithProgress (tasks: TaskEngine, principal: string, id: strin
   }
 }
 
+/** The tools' schemas, built once for every session (a schema per session costs heap per idle session). */
+const OpencodeExecuteTaskInput = z.object({
+  task_description: z.string().min(1).max(100_000).describe('What to do, in plain words'),
+  agent_id: z.string().regex(AGENT_ID_PATTERN).optional().describe('The Letta agent id (defaults to the x-agent-id header)'),
+  idempotency_key: z.string().min(1).max(200).optional().describe('Retries with the same key return the same task'),
+  timeout_ms: z.number().int().min(1_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
+  sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)'),
+  model: z.string().min(3).max(200).optional().describe('provider/model for this task, from the server\'s allow-list (RUNNER_MODELS_ALLOWED)'),
+  repository: z.object({
+    url: z.string().min(1).max(2_000).describe('A network git URL (https://…, ssh://…, git@host:path)'),
+    branch: z.string().min(1).max(250).regex(/^[^\s-][^\s]*$/).optional().describe('Branch or tag to clone (default: the remote\'s default)')
+  }).optional().describe('A git repository cloned into the workspace before the agent starts'),
+  files: z.array(z.object({
+    path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
+    content: z.string().describe('UTF-8 content')
+  })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)')
+})
+const OpencodeExecuteTaskOutput = z.object({ ...TaskViewShape, existing: z.boolean(), hint: z.string().optional() })
+const GetTaskStatusInput = z.object({ task_id: taskId })
+const GetTaskHistoryInput = z.object({
+  task_id: taskId,
+  after: z.number().int().min(0).optional().describe('Return events after this sequence number (default 0)'),
+  limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100)')
+})
+const GetTaskHistoryOutput = z.object({
+  task_id: z.string(),
+  status: z.enum(TASK_STATUSES),
+  events: z.array(TaskEventOutput),
+  next_after: z.number().nullable()
+})
+const SendTaskControlInput = z.object({ task_id: taskId, control: z.enum(['cancel', 'pause', 'resume']) })
+const ListTasksInput = z.object({
+  status: z.enum(TASK_STATUSES).optional(),
+  agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
+  limit: z.number().int().min(1).max(200).optional(),
+  offset: z.number().int().min(0).optional()
+})
+const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number() })
+const GetTaskLogsInput = z.object({
+  task_id: taskId,
+  offset: z.number().int().min(0).optional().describe('Byte offset to read from (default 0)'),
+  limit: z.number().int().min(1).max(1_048_576).optional().describe('At most this many bytes (default 65536)')
+})
+const GetTaskLogsOutput = z.object({
+  task_id: z.string(),
+  status: z.enum(TASK_STATUSES),
+  offset: z.number(),
+  next_offset: z.number(),
+  size: z.number().describe('Bytes in the log so far'),
+  eof: z.boolean().describe('True when the task has ended and everything was read'),
+  data: z.string()
+})
+const SendTaskMessageInput = z.object({ task_id: taskId, message: z.string().min(1).max(100_000).describe('What the agent should do next') })
+const SendTaskMessageOutput = z.object({ ...TaskViewShape, delivery: z.enum(['queued_for_next_turn', 'follow_up_started']) })
+const GetTaskFilesInput = z.object({
+  task_id: taskId,
+  path: z.string().max(1_000).optional().describe('A directory relative to the workspace (default: its root)'),
+  limit: z.number().int().min(1).max(5_000).optional().describe('At most this many entries (default 1000)')
+})
+const GetTaskFilesOutput = z.object({
+  task_id: z.string(),
+  path: z.string(),
+  entries: z.array(z.object({ path: z.string(), type: z.enum(['file', 'directory', 'symlink']), size: z.number(), modified: z.string(), link_target: z.string().optional() })),
+  truncated: z.boolean()
+})
+const ReadTaskFileInput = z.object({ task_id: taskId, path: z.string().min(1).max(1_000).describe('A file path relative to the workspace') })
+const ReadTaskFileOutput = z.object({ task_id: z.string(), path: z.string(), size: z.number(), binary: z.boolean(), encoding: z.enum(['utf8', 'base64']), content: z.string() })
+const GetTaskDiffInput = z.object({ task_id: taskId })
+const GetTaskDiffOutput = z.object({ task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() })
+
 export function registerTaskTools (server: McpServer, deps: TaskToolDeps, principal: string): void {
   const { tasks } = deps
 
@@ -62,23 +132,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     description: 'Runs a development task in an isolated, resource-limited container. With sync=true waits for the result ' +
       `(at most ${Math.round(deps.syncWaitMs / 1000)} s, then returns the task id with status running); otherwise returns the task id at once. ` +
       'Follow it with get_task_status / get_task_history.',
-    inputSchema: {
-      task_description: z.string().min(1).max(100_000).describe('What to do, in plain words'),
-      agent_id: z.string().regex(AGENT_ID_PATTERN).optional().describe('The Letta agent id (defaults to the x-agent-id header)'),
-      idempotency_key: z.string().min(1).max(200).optional().describe('Retries with the same key return the same task'),
-      timeout_ms: z.number().int().min(1_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
-      sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)'),
-      model: z.string().min(3).max(200).optional().describe('provider/model for this task, from the server\'s allow-list (RUNNER_MODELS_ALLOWED)'),
-      repository: z.object({
-        url: z.string().min(1).max(2_000).describe('A network git URL (https://…, ssh://…, git@host:path)'),
-        branch: z.string().min(1).max(250).regex(/^[^\s-][^\s]*$/).optional().describe('Branch or tag to clone (default: the remote\'s default)')
-      }).optional().describe('A git repository cloned into the workspace before the agent starts'),
-      files: z.array(z.object({
-        path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
-        content: z.string().describe('UTF-8 content')
-      })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)')
-    },
-    outputSchema: { ...TaskViewShape, existing: z.boolean(), hint: z.string().optional() }
+    inputSchema: OpencodeExecuteTaskInput,
+    outputSchema: OpencodeExecuteTaskOutput
   }, async (args, extra) => {
     const sync = args.sync ?? !deps.asyncEnabled
     if (!sync && !deps.asyncEnabled) {
@@ -105,7 +160,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('get_task_status', {
     title: 'Task status',
     description: 'The current state of a task, with its result when it has ended.',
-    inputSchema: { task_id: taskId },
+    inputSchema: GetTaskStatusInput,
     outputSchema: TaskViewOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
@@ -119,17 +174,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('get_task_history', {
     title: 'Task history',
     description: 'The events of a task in order (queued, started, output, ended…), paged by sequence number.',
-    inputSchema: {
-      task_id: taskId,
-      after: z.number().int().min(0).optional().describe('Return events after this sequence number (default 0)'),
-      limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100)')
-    },
-    outputSchema: {
-      task_id: z.string(),
-      status: z.enum(TASK_STATUSES),
-      events: z.array(TaskEventOutput),
-      next_after: z.number().nullable()
-    },
+    inputSchema: GetTaskHistoryInput,
+    outputSchema: GetTaskHistoryOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id, after, limit }) => {
     try {
@@ -149,7 +195,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('send_task_control', {
     title: 'Control a task',
     description: 'cancel a queued or running task (its container is stopped), or pause / resume a running one (the timeout clock stops while paused).',
-    inputSchema: { task_id: taskId, control: z.enum(['cancel', 'pause', 'resume']) },
+    inputSchema: SendTaskControlInput,
     outputSchema: TaskViewOutput
   }, async ({ task_id: id, control }) => {
     try {
@@ -162,13 +208,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('list_tasks', {
     title: 'List tasks',
     description: 'Your tasks, newest first, optionally filtered by status or agent.',
-    inputSchema: {
-      status: z.enum(TASK_STATUSES).optional(),
-      agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
-      limit: z.number().int().min(1).max(200).optional(),
-      offset: z.number().int().min(0).optional()
-    },
-    outputSchema: { tasks: z.array(TaskViewOutput), total: z.number() },
+    inputSchema: ListTasksInput,
+    outputSchema: ListTasksOutput,
     annotations: { readOnlyHint: true }
   }, async (filter) => {
     const { tasks: list, total } = tasks.list(principal, filter)
@@ -179,20 +220,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Task logs',
     description: 'The full output of a task (stdout and stderr as written, kept up to TASK_LOG_LIMIT bytes), read in byte ranges ' +
       'while it runs and after it ended. Call again with offset=next_offset to read on.',
-    inputSchema: {
-      task_id: taskId,
-      offset: z.number().int().min(0).optional().describe('Byte offset to read from (default 0)'),
-      limit: z.number().int().min(1).max(1_048_576).optional().describe('At most this many bytes (default 65536)')
-    },
-    outputSchema: {
-      task_id: z.string(),
-      status: z.enum(TASK_STATUSES),
-      offset: z.number(),
-      next_offset: z.number(),
-      size: z.number().describe('Bytes in the log so far'),
-      eof: z.boolean().describe('True when the task has ended and everything was read'),
-      data: z.string()
-    },
+    inputSchema: GetTaskLogsInput,
+    outputSchema: GetTaskLogsOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id, offset = 0, limit = 65_536 }) => {
     try {
@@ -208,8 +237,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Send a follow-up message to a task',
     description: 'Continues the task\'s OpenCode session in the same workspace: to a running task the message is queued and ' +
       'becomes the next turn when the current one ends; to an ended task it starts a follow-up turn. The reply says which happened.',
-    inputSchema: { task_id: taskId, message: z.string().min(1).max(100_000).describe('What the agent should do next') },
-    outputSchema: { ...TaskViewShape, delivery: z.enum(['queued_for_next_turn', 'follow_up_started']) }
+    inputSchema: SendTaskMessageInput,
+    outputSchema: SendTaskMessageOutput
   }, async ({ task_id: id, message }) => {
     try {
       const { task, delivery } = tasks.message(principal, id, message)
@@ -222,17 +251,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('get_task_files', {
     title: 'List workspace files',
     description: 'Lists the files of a task\'s workspace (recursively), during the run and after it, until WORKSPACE_RETENTION_MS.',
-    inputSchema: {
-      task_id: taskId,
-      path: z.string().max(1_000).optional().describe('A directory relative to the workspace (default: its root)'),
-      limit: z.number().int().min(1).max(5_000).optional().describe('At most this many entries (default 1000)')
-    },
-    outputSchema: {
-      task_id: z.string(),
-      path: z.string(),
-      entries: z.array(z.object({ path: z.string(), type: z.enum(['file', 'directory', 'symlink']), size: z.number(), modified: z.string(), link_target: z.string().optional() })),
-      truncated: z.boolean()
-    },
+    inputSchema: GetTaskFilesInput,
+    outputSchema: GetTaskFilesOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id, path = '', limit = 1_000 }) => {
     try {
@@ -247,8 +267,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Read a workspace file',
     description: 'Reads one file of a task\'s workspace: text as UTF-8, binary files as base64. Paths are relative to the workspace; ' +
       'absolute paths, ".." and symlinks leading outside are refused. At most MAX_TASK_FILE_SIZE bytes.',
-    inputSchema: { task_id: taskId, path: z.string().min(1).max(1_000).describe('A file path relative to the workspace') },
-    outputSchema: { task_id: z.string(), path: z.string(), size: z.number(), binary: z.boolean(), encoding: z.enum(['utf8', 'base64']), content: z.string() },
+    inputSchema: ReadTaskFileInput,
+    outputSchema: ReadTaskFileOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id, path }) => {
     try {
@@ -261,8 +281,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('get_task_diff', {
     title: 'Task diff',
     description: 'The changes the task made to a git workspace (a cloned repository), untracked files included, as a unified diff (size-capped).',
-    inputSchema: { task_id: taskId },
-    outputSchema: { task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() },
+    inputSchema: GetTaskDiffInput,
+    outputSchema: GetTaskDiffOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
     try {

@@ -5,9 +5,9 @@
  */
 import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { containerSpec, LABEL, labelsOf, SERVICE_LABEL } from '../tasks/container-spec.js'
+import { containerSpec, LABEL, SERVICE_LABEL } from '../tasks/container-spec.js'
 import { TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
-import { confine, listFiles, readFile, seedArchive, stateVolume, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
+import { confine, listFiles, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
 
 type WorkspaceConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' | 'ORPHAN_GRACE_MS'>
@@ -40,11 +40,11 @@ export class Workspaces {
     }
   }
 
-  /** First turn: the task's volumes (labelled, so reconciliation finds them), then the repository. */
+  /**
+   * First turn: the repository, cloned by a helper container (whose mounts make the task's labelled
+   * volumes; without a repository the turn's own container makes them).
+   */
   async prepare (task: TaskRecord): Promise<void> {
-    const labels = labelsOf({ id: task.id, agent_id: task.agent_id }, this.owner)
-    await this.docker.createVolume(workspaceVolume(task.id), labels)
-    await this.docker.createVolume(stateVolume(task.id), labels)
     if (task.repository) {
       const { url, branch } = task.repository
       const clone = await this.helper(task, ['git'], ['clone', '--single-branch', ...(branch ? ['--branch', branch] : []), '--', url, '/workspace'], true)
@@ -57,13 +57,9 @@ export class Workspaces {
     await this.docker.putArchive(containerId, '/workspace', seedArchive(files, uid, gid))
   }
 
-  /**
-   * The changes of a git workspace (untracked files included), capped; null when it is not a
-   * repository. `ended` is the turn's exited container: asking it whether .git exists is cheap.
-   */
-  async diff (task: TaskRecord, ended: string, redact: (s: string) => string): Promise<{ text: string, truncated: boolean } | null> {
-    const git = await this.docker.statPath(ended, '/workspace/.git').then(() => true, () => false)
-    if (!git) return null
+  /** The changes made to a cloned repository (untracked files included), capped; null for other workspaces. */
+  async diff (task: TaskRecord, redact: (s: string) => string): Promise<{ text: string, truncated: boolean } | null> {
+    if (!task.repository) return null
     const run = await this.helper(task, ['sh', '-c'], ['cd /workspace && git add --intent-to-add --all && git --no-pager diff HEAD'], false)
     if (run.exitCode !== 0) return null
     const text = redact(run.output)

@@ -66,9 +66,10 @@ export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: st
       Init: true,
       NetworkMode: config.RUNNER_NETWORK,
       AutoRemove: false,
+      // the task's volumes are made by the first container that mounts them, labelled for reconciliation
       Mounts: [
-        { Type: 'volume', Source: workspaceVolume(task.id), Target: WORKSPACE_DIR },
-        { Type: 'volume', Source: stateVolume(task.id), Target: OPENCODE_STATE_DIR },
+        { Type: 'volume', Source: workspaceVolume(task.id), Target: WORKSPACE_DIR, VolumeOptions: { Labels: labelsOf({ id: task.id, agent_id: task.agent_id }, owner) } },
+        { Type: 'volume', Source: stateVolume(task.id), Target: OPENCODE_STATE_DIR, VolumeOptions: { Labels: labelsOf({ id: task.id, agent_id: task.agent_id }, owner) } },
         // a host directory (absolute path) or a named volume with opencode.json, read-only
         ...(config.RUNNER_OPENCODE_CONFIG_DIR
           ? [{ Type: (config.RUNNER_OPENCODE_CONFIG_DIR.startsWith('/') ? 'bind' : 'volume') as 'bind' | 'volume', Source: config.RUNNER_OPENCODE_CONFIG_DIR, Target: OPENCODE_CONFIG_DIR, ReadOnly: true }]

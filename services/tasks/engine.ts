@@ -365,9 +365,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       stalled: `no output for ${this.config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
       exit: status === 'failed' ? `exited with code ${exitCode}` : undefined
     }
-    const diff = status !== 'cancelled' && live.containerId
-      ? await this.workspaces.diff(this.store.get(id) as TaskRecord, live.containerId, (s) => capture.redact(s)).catch(() => null)
-      : null
+    const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
     await this.finish(id, {
       status,
       reason,

@@ -48,6 +48,8 @@ export class BoundedOutput {
   }
 }
 
+const MAX_BUFFERED = 8 * 1024 * 1024
+
 /** Appends to a per-task log file and stops (marking it) at `cap` bytes. */
 export class CappedLogFile {
   private written = 0
@@ -56,7 +58,8 @@ export class CappedLogFile {
 
   /** `append` continues the log of an earlier turn of the same task. */
   constructor (path: string, private readonly cap: number, append = false) {
-    this.stream = cap > 0 ? createWriteStream(path, { flags: append ? 'a' : 'w' }) : undefined
+    // a 1 MB buffer: the disk takes large writes, and the reader rarely waits for it
+    this.stream = cap > 0 ? createWriteStream(path, { flags: append ? 'a' : 'w', highWaterMark: 1024 * 1024 }) : undefined
     this.written = append ? statSync(path, { throwIfNoEntry: false })?.size ?? 0 : 0
     this.capped = this.written >= cap
     // a log that cannot be written must not fail the task
@@ -78,7 +81,8 @@ export class CappedLogFile {
       ok = stream.write(chunk)
       this.written += chunk.length
     }
-    if (!ok) {
+    // the disk falls behind: up to 8 MB wait in memory (reads and writes overlap), then the reader waits
+    if (!ok && stream.writableLength > MAX_BUFFERED) {
       await new Promise<void>((resolve) => {
         const done = () => { stream.off('drain', done); stream.off('close', done); resolve() }
         stream.on('drain', done).on('close', done)
