@@ -44,6 +44,7 @@ export class LettaSync {
   private probeTimer?: NodeJS.Timeout
   private ticking?: Promise<void>
   private stopped = false
+  private readonly changedIds = new Set<string>()
 
   constructor (
     private readonly store: TaskStore,
@@ -67,10 +68,9 @@ export class LettaSync {
     this.store.lettaTrack(task.id, task.agent_id)
   }
 
-  /** Something to show changed: written out at the next flush. */
+  /** Something to show changed: written out at the next flush (noted in memory: an agent's burst of events costs nothing here). */
   changed (taskId: string): void {
-    const row = this.store.lettaGet(taskId)
-    if (row && !row.dirty) this.store.lettaUpdate(taskId, { dirty: 1 })
+    this.changedIds.add(taskId)
   }
 
   /** The task (or a follow-up turn of it) ended: final block value, then the notification, once per end. */
@@ -142,6 +142,8 @@ export class LettaSync {
   }
 
   private async tick (): Promise<void> {
+    for (const id of this.changedIds) this.store.lettaMarkDirty(id)
+    this.changedIds.clear()
     this.store.lettaCatchUp()
     const due = this.store.lettaDue(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
     await Promise.all(due.map((row) => this.process(row)))

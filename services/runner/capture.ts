@@ -29,6 +29,7 @@ export class TurnCapture {
   /** The end of the stream: what was held back, the last line. */
   async end (): Promise<ParsedEvent[]> {
     const events = await this.take(this.redactor.end(), true)
+    this.reader.settle()
     await this.log.close()
     return events
   }

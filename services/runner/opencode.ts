@@ -29,6 +29,7 @@ export const emptyResult = (): RunResult => ({
 export interface ParsedEvent { type: string, data: Record<string, unknown>, summary: string }
 
 const TEXT_CAP = 2_000
+const ANSWER_CHARS = 100_000
 const cap = (s: string, n = TEXT_CAP) => (s.length > n ? `${s.slice(0, n)}… [${s.length - n} more characters]` : s)
 const WORKSPACE = '/workspace/'
 const relative = (p: string) => (p.startsWith(WORKSPACE) ? p.slice(WORKSPACE.length) : p)
@@ -53,6 +54,14 @@ export class OpenCodeReader {
   readonly result: RunResult
   /** Text parts of the current step: the last step's text is the final answer. */
   private stepText: string[] = []
+  private stepChars = 0
+
+  /** Makes `result.answer` the text of the latest step that had text (at step ends and at the end). */
+  settle (): RunResult {
+    const text = this.stepText.join('\n').trim()
+    if (text) this.result.answer = text
+    return this.result
+  }
 
   constructor (previous?: RunResult) {
     this.result = previous ? structuredClone(previous) : emptyResult()
@@ -72,13 +81,17 @@ export class OpenCodeReader {
     const part = e.part ?? {}
     switch (e.type) {
       case 'step_start':
+        this.settle()
         this.stepText = []
+        this.stepChars = 0
         this.result.steps++
         return { type: 'step_start', data: { step: this.result.steps }, summary: `step ${this.result.steps}` }
       case 'text': {
         const text = part.text ?? ''
         this.stepText.push(text)
-        this.result.answer = this.stepText.join('\n').trim() || this.result.answer
+        this.stepChars += text.length
+        // the answer is the step's last ANSWER_CHARS; older text of a very long step is let go
+        while (this.stepChars > ANSWER_CHARS && this.stepText.length > 1) this.stepChars -= (this.stepText.shift() as string).length
         return { type: 'text', data: { text: cap(text) }, summary: cap(text.replace(/\s+/g, ' '), 120) }
       }
       case 'tool_use': {
@@ -97,6 +110,7 @@ export class OpenCodeReader {
         }
       }
       case 'step_finish': {
+        this.settle()
         const t = part.tokens ?? {}
         const tokens = { input: t.input ?? 0, output: t.output ?? 0, reasoning: t.reasoning ?? 0, cache_read: t.cache?.read ?? 0, cache_write: t.cache?.write ?? 0 }
         for (const k of Object.keys(tokens) as Array<keyof Tokens>) this.result.tokens[k] += tokens[k]

@@ -318,11 +318,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
     let stored = 0
     const record = (events: ParsedEvent[]) => {
-      for (const e of events) {
-        live.lastEvent = e.summary
-        if (stored++ < EVENTS_PER_TURN) this.store.addEvent(id, e.type, e.data)
-        this.emit('event', id, e)
-      }
+      if (events.length === 0) return
+      const room = Math.max(0, EVENTS_PER_TURN - stored)
+      this.store.addEvents(id, events.slice(0, room))
+      stored += events.length
+      live.lastEvent = events[events.length - 1].summary
+      for (const e of events) this.emit('event', id, e)
     }
     let exitCode: number | null = null
     let engineError: string | undefined

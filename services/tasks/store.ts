@@ -219,6 +219,10 @@ export class TaskStore {
       AND (letta_sync.notify = 'none' OR (letta_sync.notify = 'sent' AND t.turns > letta_sync.notified_turn)))`).run()
   }
 
+  lettaMarkDirty (taskId: string): void {
+    this.db.prepare('UPDATE letta_sync SET dirty = 1 WHERE task_id = ? AND dirty = 0 AND deleted = 0').run(taskId)
+  }
+
   /** Everything waiting in backoff is due now (Letta is back, or a new process starts). */
   lettaRetryNow (): void {
     this.db.prepare('UPDATE letta_sync SET next_attempt_at = 0 WHERE next_attempt_at > 0 AND deleted = 0').run()
@@ -233,6 +237,12 @@ export class TaskStore {
   withStatus (...statuses: TaskStatus[]): TaskRecord[] {
     const rows = this.db.prepare(`${SELECT_TASK} WHERE t.status IN (${statuses.map(() => '?').join(',')}) ORDER BY t.created_at, t.id`).all(...statuses) as Row[]
     return rows.map((r) => toRecord(r) as TaskRecord)
+  }
+
+  /** Several events in one transaction (an agent's burst of output costs one commit). */
+  addEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): void {
+    if (events.length === 0) return
+    this.db.transaction(() => { for (const e of events) this.addEvent(taskId, e.type, e.data) })()
   }
 
   addEvent (taskId: string, type: string, data: Record<string, unknown> = {}): TaskEvent {
