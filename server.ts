@@ -16,8 +16,10 @@ async function main (): Promise<void> {
     console.error((err as Error).message)
     process.exit(1)
   }
-  // close runs the drain in a preClose hook: avvio's timeout must outlast it (validated values come later)
-  const drainMs = (Number(env.SHUTDOWN_GRACE_MS) || 20_000) + (Number(env.RUNNER_STOP_GRACE_S) || 10) * 1000 + 15_000
+  // close runs the drain in a preClose hook: avvio's timeout and close-with-grace must outlast it.
+  // Read from the raw values (Fastify needs it before the config plugin); a bad value stops start-up anyway.
+  const number = (value: string | undefined, fallback: number) => (value === undefined || Number.isNaN(Number(value)) ? fallback : Number(value))
+  const drainMs = number(env.SHUTDOWN_GRACE_MS, 20_000) + number(env.RUNNER_STOP_GRACE_S, 10) * 1000 + 15_000
   const fastify = Fastify({
     logger: loggerOptions(env),
     pluginTimeout: Math.max(10_000, drainMs),
@@ -39,9 +41,7 @@ async function main (): Promise<void> {
     throw err
   }
 
-  // the drain's grace, the containers' stop grace, and a margin for the rest of the shutdown
-  const delay = fastify.config.SHUTDOWN_GRACE_MS + fastify.config.RUNNER_STOP_GRACE_S * 1000 + 15_000
-  closeWithGrace({ delay, logger: fastify.log }, async ({ signal, err }) => {
+  closeWithGrace({ delay: drainMs, logger: fastify.log }, async ({ signal, err }) => {
     if (err) fastify.log.error({ err }, 'shutting down after an error')
     else fastify.log.info({ signal }, 'shutting down')
     await fastify.close()

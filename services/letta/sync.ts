@@ -82,12 +82,6 @@ export class LettaSync {
     this.kick()
   }
 
-  /** What the task view shows of it. */
-  status (taskId: string): { block_id: string | null, block_label: string, attached: boolean, notified: boolean, error: string | null } | null {
-    const row = this.store.lettaGet(taskId)
-    return row ? { block_id: row.block_id, block_label: blockLabel(taskId), attached: row.attached === 1, notified: row.notify === 'sent', error: row.error } : null
-  }
-
   pending (): number {
     return this.store.lettaPending()
   }
