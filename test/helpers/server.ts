@@ -13,11 +13,14 @@ export async function freePort (): Promise<number> {
   return port
 }
 
-/** Starts the service in `cwd` with only the given environment (plus PATH and HOME). */
+/**
+ * Starts the service in `cwd` with only the given environment (plus PATH and HOME). Load shedding is
+ * off unless asked for: compiling at start-up on a busy machine delays the event loop past its threshold.
+ */
 export function startServer (cwd: string, env: Record<string, string>) {
   const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), SERVER], {
     cwd,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '', ...env },
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '', SHED_EVENT_LOOP_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stdout = ''
