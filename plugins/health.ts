@@ -19,6 +19,7 @@ export default fp(async (fastify) => {
       version: SERVICE_VERSION,
       engine: fastify.engineProbe.state,
       sessions: fastify.mcpSessions.size,
+      runner: fastify.runnerImage.state,
       security: fastify.securityReport(),
       protocolVersions: SUPPORTED_PROTOCOL_VERSIONS,
       tasks: {

@@ -4,6 +4,7 @@
  */
 import * as z from 'zod'
 import type { EngineState } from './docker/probe.js'
+import type { RunnerImageState } from './runner/image.js'
 
 export const SERVICE_NAME = 'letta-opencode-plugin'
 export const HEALTH_PROTOCOL_VERSION = '2025-06-18'
@@ -39,6 +40,13 @@ export const HealthReportSchema = z.object({
     max_queued: z.number().int(),
     accepting: z.boolean()
   }),
+  runner: z.object({
+    image: z.string().describe('RUNNER_IMAGE'),
+    present: z.boolean().nullable().describe('Whether the engine has the image; null until checked'),
+    opencode_version: z.string().nullable().describe('`opencode --version` in the image, when known'),
+    error: z.string().nullable().describe('Why tasks cannot run in the image (missing, no `opencode` on its PATH), with the fix'),
+    checked_at: z.string().nullable()
+  }),
   docker: z.object({
     reachable: z.boolean(),
     version: z.string().nullable(),
@@ -59,16 +67,19 @@ export interface HealthInputs {
   tasks: HealthReport['tasks']
   load: HealthReport['load']
   letta: HealthReport['letta']
+  runner: RunnerImageState
 }
 
 export function healthReport (inputs: HealthInputs): HealthReport {
-  const { engine, tasks, load, letta } = inputs
+  const { engine, tasks, load, letta, runner } = inputs
   // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load, refusing new tasks
-  // (full queue), or without Letta (updates wait in the outbox)
+  // (full queue, or a runner image that is missing or has no `opencode`), or without Letta (updates
+  // wait in the outbox)
+  const runnerUnusable = runner.present === false || runner.error !== null
   const queueFull = tasks.queued >= tasks.max_queued && tasks.running >= tasks.max_concurrent
   const status = !tasks.accepting
     ? 'draining'
-    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull || (letta.configured && !letta.reachable) ? 'degraded' : 'healthy'
+    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull || runnerUnusable || (letta.configured && !letta.reachable) ? 'degraded' : 'healthy'
   return {
     status,
     service: SERVICE_NAME,
@@ -83,6 +94,7 @@ export function healthReport (inputs: HealthInputs): HealthReport {
     load,
     tasks,
     letta,
+    runner: { ...runner },
     docker: {
       reachable: engine.reachable,
       version: engine.version,

@@ -63,6 +63,7 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   await engine.removeContainer(lostContainer.Id, { force: true })
   const orphan = await engine.createContainer({
     Image: 'letta-opencode-test-agent:latest',
+    Entrypoint: ['opencode'],
     Cmd: ['sleep 60'],
     Labels: { [LABEL.service]: 'letta-opencode-plugin', [LABEL.owner]: owner, [LABEL.task]: 'task_never-stored' },
     HostConfig: { NetworkMode: 'none' }
@@ -71,6 +72,7 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   // a container of another service sharing the engine is not this service's to remove
   const foreign = await engine.createContainer({
     Image: 'letta-opencode-test-agent:latest',
+    Entrypoint: ['opencode'],
     Cmd: ['sleep 60'],
     Labels: { [LABEL.service]: 'letta-opencode-plugin', [LABEL.owner]: 'another-service', [LABEL.task]: 'task_foreign' },
     HostConfig: { NetworkMode: 'none' }

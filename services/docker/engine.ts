@@ -71,6 +71,8 @@ export interface ContainerInspect {
   HostConfig: Required<Pick<NonNullable<ContainerCreateSpec['HostConfig']>, 'NanoCpus' | 'Memory' | 'MemorySwap' | 'CapDrop' | 'SecurityOpt' | 'Privileged' | 'NetworkMode'>> & { PidsLimit: number | null, Init: boolean | null, ReadonlyRootfs: boolean }
 }
 
+export interface ImageInspect { Id: string, Config: { Entrypoint: string[] | null, Cmd: string[] | null, User: string, Env: string[] | null, WorkingDir: string } | null }
+
 export interface ContainerSummary { Id: string, Names: string[], Image: string, Labels: Labels, State: string, Status: string, Created: number }
 
 export interface WaitResult { StatusCode: number, Error?: { Message: string } | null }
@@ -143,6 +145,16 @@ export class DockerEngine {
       return true
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) return false
+      throw err
+    }
+  }
+
+  /** An image's id and config (GET /images/{name}/json); null when the engine does not have it. */
+  async inspectImage (image: string, signal?: AbortSignal): Promise<ImageInspect | null> {
+    try {
+      return await this.request<ImageInspect>('GET', `/images/${encodeURIComponent(image)}/json`, { ok: [200], signal })
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) return null
       throw err
     }
   }

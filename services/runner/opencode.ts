@@ -5,7 +5,7 @@
  * the final answer, the files changed, token totals, cost and the session id.
  */
 
-/** The runner container's command (the image's entrypoint is `opencode`); the task is one argv element. */
+/** The runner container's command (the service sets the entrypoint `opencode`); the task is one argv element. */
 export function opencodeArgv (opts: { task: string, model?: string | null, session?: string | null }): string[] {
   return ['run', '--format', 'json', '--auto', ...(opts.model ? ['--model', opts.model] : []), ...(opts.session ? ['--session', opts.session] : []), '--', opts.task]
 }

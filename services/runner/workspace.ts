@@ -11,7 +11,11 @@ import { extract, pack } from 'tar-stream'
 import type { DockerEngine } from '../docker/engine.js'
 
 export const WORKSPACE_DIR = '/workspace'
-export const OPENCODE_STATE_DIR = '/home/runner/.local/share/opencode'
+/** OpenCode keeps its sessions in $XDG_DATA_HOME/opencode: the service sets XDG_DATA_HOME to
+ * OPENCODE_DATA_HOME and mounts the task's state volume at OPENCODE_STATE_DIR, whatever the image's
+ * HOME and user (the volume holds what ~/.local/share/opencode held, so older volumes still fit). */
+export const OPENCODE_DATA_HOME = '/opencode-state'
+export const OPENCODE_STATE_DIR = `${OPENCODE_DATA_HOME}/opencode`
 
 export const workspaceVolume = (taskId: string) => `lop-ws-${taskId.replace(/^task_/, '')}`
 export const stateVolume = (taskId: string) => `lop-state-${taskId.replace(/^task_/, '')}`
@@ -139,6 +143,21 @@ export function seedArchive (files: Array<{ path: string, content: string }>, ui
   }
   tar.finalize()
   // tar-stream's streams are streamx streams, which Node's stream APIs accept
+  return tar as unknown as Readable
+}
+
+/**
+ * The mount points (workspace, OpenCode state) as directories owned by the runner user, to extract
+ * at "/" of a created container: the engine gives an existing directory the entry's owner and mode,
+ * so volumes mounted where the image has no directory (root-owned then) become writable by a
+ * non-root RUNNER_USER, with no binary needed in the image.
+ */
+export function mountPointsArchive (uid: number, gid: number): Readable {
+  const tar = pack()
+  for (const dir of [WORKSPACE_DIR, OPENCODE_DATA_HOME, OPENCODE_STATE_DIR]) {
+    tar.entry({ name: `${dir.slice(1)}/`, type: 'directory', mode: 0o755, uid, gid })
+  }
+  tar.finalize()
   return tar as unknown as Readable
 }
 

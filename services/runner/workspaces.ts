@@ -7,7 +7,7 @@ import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../tasks/container-spec.js'
 import { TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
-import { confine, listFiles, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
+import { confine, listFiles, mountPointsArchive, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
 
 type WorkspaceConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' | 'ORPHAN_GRACE_MS'>
@@ -55,6 +55,12 @@ export class Workspaces {
   async seed (containerId: string, files: Array<{ path: string, content: string }>): Promise<void> {
     const [uid, gid] = this.config.RUNNER_USER.split(':').map(Number)
     await this.docker.putArchive(containerId, '/workspace', seedArchive(files, uid, gid))
+  }
+
+  /** Before start: the mount points of a created container owned by RUNNER_USER (see mountPointsArchive). */
+  async own (containerId: string): Promise<void> {
+    const [uid, gid] = this.config.RUNNER_USER.split(':').map(Number)
+    await this.docker.putArchive(containerId, '/', mountPointsArchive(uid, gid))
   }
 
   /** The changes made to a cloned repository (untracked files included), capped; null for other workspaces. */
@@ -124,6 +130,7 @@ export class Workspaces {
     const { Id } = await this.docker.createContainer(this.spec(task, entrypoint, argv, network))
     const timeout = AbortSignal.timeout(HELPER_TIMEOUT_MS)
     try {
+      await this.own(Id)
       await this.docker.startContainer(Id)
       const exit = await this.docker.waitContainer(Id, timeout)
       let output = ''

@@ -2,12 +2,13 @@
  * The runner container spec. The service alone decides it: resource limits from config, every
  * privilege dropped, the task's workspace and OpenCode state volumes, the passed-through variables,
  * labels for reconciliation (the owner label names the data directory that owns the container),
- * and the command as an argv array (the task one element of it, never a shell).
+ * and the command as an argv array (the task one element of it, never a shell). The entrypoint is
+ * always set (`opencode` for a turn): an image's own ENTRYPOINT, wrapper or not, is not used.
  */
 import type { Config } from '../config.js'
 import { parseByteSize } from '../config.js'
 import type { ContainerCreateSpec } from '../docker/engine.js'
-import { OPENCODE_STATE_DIR, stateVolume, WORKSPACE_DIR, workspaceVolume } from '../runner/workspace.js'
+import { OPENCODE_DATA_HOME, OPENCODE_STATE_DIR, stateVolume, WORKSPACE_DIR, workspaceVolume } from '../runner/workspace.js'
 
 export const LABEL = {
   service: 'letta-opencode-plugin.service',
@@ -33,6 +34,7 @@ export interface RunnerTask {
   env?: string[]
   /** `run`: a turn of the agent; `helper`: a short-lived container for files, clone or diff. */
   role?: 'run' | 'helper'
+  /** `opencode` unless given: the service starts OpenCode itself, whatever the image's ENTRYPOINT. */
   entrypoint?: string[]
 }
 
@@ -45,8 +47,8 @@ export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: st
   return {
     Image: config.RUNNER_IMAGE,
     Cmd: task.argv,
-    ...(task.entrypoint ? { Entrypoint: task.entrypoint } : {}),
-    Env: [...(task.env ?? []), ...(config.RUNNER_OPENCODE_CONFIG_DIR ? [`OPENCODE_CONFIG=${OPENCODE_CONFIG_DIR}/opencode.json`] : [])],
+    Entrypoint: task.entrypoint ?? ['opencode'],
+    Env: [...(task.env ?? []), `XDG_DATA_HOME=${OPENCODE_DATA_HOME}`, ...(config.RUNNER_OPENCODE_CONFIG_DIR ? [`OPENCODE_CONFIG=${OPENCODE_CONFIG_DIR}/opencode.json`] : [])],
     User: config.RUNNER_USER,
     WorkingDir: WORKSPACE_DIR,
     Tty: false,

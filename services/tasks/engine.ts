@@ -15,6 +15,7 @@ import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { TurnCapture } from '../runner/capture.js'
+import { noOpencode, OPENCODE_NOT_FOUND, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { Workspaces } from '../runner/workspaces.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
@@ -90,7 +91,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     private readonly config: EngineConfig,
     private readonly log: Logger,
     /** RUNNER_ENV_PASSTHROUGH values: given to runner containers, redacted from everything read back. */
-    private readonly runnerEnv: Record<string, string> = {}
+    private readonly runnerEnv: Record<string, string> = {},
+    /** The RUNNER_IMAGE check: a task is refused at once while the image is missing or has no `opencode`. */
+    private readonly runnerImage?: Pick<RunnerImageProbe, 'refusal'>
   ) {
     super()
     this.semaphore = new Semaphore(config.MAX_CONCURRENT_TASKS, config.MAX_QUEUED_TASKS)
@@ -116,6 +119,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   submit (caller: Caller, args: SubmitArgs): { task: TaskRecord, existing: boolean } {
     if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
+    const refusal = this.runnerImage?.refusal
+    if (refusal) throw new TaskError('unavailable', refusal)
     const description = args.task_description.trim()
     if (!description) throw new TaskError('invalid', 'task_description is empty: describe the development task to run')
     const timeout = args.timeout_ms ?? this.config.RUNNER_TIMEOUT_MS
@@ -285,6 +290,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.update(id, { container_id: containerId })
       live.containerId = containerId
       if (live.ending) throw new Error('cancelled before start')
+      await this.workspaces.own(containerId)
       if (turn === 1 && task.seed) await this.workspaces.seed(containerId, task.seed)
       const stream = await this.docker.attachContainer(containerId, this.closing.signal)
       await this.docker.startContainer(containerId)
@@ -364,7 +370,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       engine_error: outcome.engineError ?? 'engine error',
       interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${this.config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
       stalled: `no output for ${this.config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
-      exit: status === 'failed' ? `exited with code ${exitCode}` : undefined
+      exit: status === 'failed' ? (exitCode === 127 && OPENCODE_NOT_FOUND.test(capture.output.text()) ? noOpencode(this.config.RUNNER_IMAGE) : `exited with code ${exitCode}`) : undefined
     }
     const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
     await this.finish(id, {

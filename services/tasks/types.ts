@@ -47,7 +47,7 @@ export interface TaskEvent { seq: number, at: number, type: string, data: Record
 
 export class TaskError extends Error {
   override name = 'TaskError'
-  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining', message: string, readonly details: Record<string, unknown> = {}) {
+  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining' | 'unavailable', message: string, readonly details: Record<string, unknown> = {}) {
     super(message)
   }
 }
