@@ -2,6 +2,8 @@
  * The root plugin: plugins in dependency order, then routes, and one error handler that logs and
  * hides the message of server errors. Everything the routes use is a decorator set by a plugin.
  */
+import { STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
 import sensible from '@fastify/sensible'
 import type { FastifyError, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
@@ -21,8 +23,26 @@ import tasksRoute from './routes/tasks.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
 
+/**
+ * Node's answer to a request it cannot parse (headers too large, malformed HTTP, timeout) closes the
+ * socket; the reply says so with `Connection: close`, which Fastify's default answer leaves out.
+ */
+function answerClientError (err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const [status, message] = err.code === 'HPE_HEADER_OVERFLOW'
+    ? [431, 'Request header fields too large: keep all headers together under 16 KB']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request timeout: send the whole request sooner'] : [400, 'Malformed HTTP request']
+  const body = JSON.stringify({ statusCode: status, error: STATUS_CODES[status], message })
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
+  // Fastify's own handler runs next and leaves a destroyed socket alone
+  socket.destroy()
+}
+
 const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(sensible)
+  fastify.server.prependListener('clientError', answerClientError)
   await fastify.register(configPlugin, opts)
   await fastify.register(loadSheddingPlugin)
   await fastify.register(dockerPlugin, opts)
@@ -32,6 +52,15 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(lettaPlugin)
   await fastify.register(mcpSessionsPlugin)
   await fastify.register(healthPlugin)
+
+  // Letta's MCP client (the Python SDK) sends content-type: application/json on every request, GET
+  // and DELETE included, with no body: a bodiless request is served as if the header were absent.
+  const parseJson = fastify.getDefaultJsonParser(fastify.initialConfig.onProtoPoisoning ?? 'error', fastify.initialConfig.onConstructorPoisoning ?? 'error')
+  fastify.removeContentTypeParser('application/json')
+  fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') done(null, undefined)
+    else parseJson(request, body as string, done)
+  })
 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
