@@ -5,7 +5,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import sensible from '@fastify/sensible'
-import type { FastifyError, FastifyPluginAsync } from 'fastify'
+import type { FastifyError, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
@@ -22,6 +22,25 @@ import metricsRoute from './routes/metrics.js'
 import tasksRoute from './routes/tasks.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
+
+type Bounds = Record<string, { minimum?: number, maximum?: number } | undefined>
+
+/**
+ * Ajv coerces a query value such as `1e400` to Infinity and checks no bound after coercing (its
+ * bounds apply to finite numbers only): a non-finite number in the query string or the path is
+ * refused here, with the bound its schema gives.
+ */
+async function refuseNonFinite (request: FastifyRequest): Promise<void> {
+  const schema = request.routeOptions.schema as { querystring?: { properties?: Bounds }, params?: { properties?: Bounds } } | undefined
+  for (const [part, values] of [['querystring', request.query], ['params', request.params]] as const) {
+    for (const [name, value] of Object.entries((values ?? {}) as Record<string, unknown>)) {
+      if (typeof value !== 'number' || Number.isFinite(value)) continue
+      const bounds = schema?.[part]?.properties?.[name] ?? {}
+      const bound = value > 0 ? (bounds.maximum !== undefined ? `<= ${bounds.maximum}` : 'finite') : (bounds.minimum !== undefined ? `>= ${bounds.minimum}` : 'finite')
+      throw Object.assign(new Error(`${part}/${name} must be ${bound}`), { statusCode: 400 })
+    }
+  }
+}
 
 /**
  * Node's answer to a request it cannot parse (headers too large, malformed HTTP, timeout) closes the
@@ -74,6 +93,8 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
       message: hidden ? 'Internal Server Error' : err.message
     })
   })
+
+  fastify.addHook('preHandler', refuseNonFinite)
 
   await fastify.register(healthRoute)
   await fastify.register(mcpRoute)
