@@ -122,8 +122,8 @@ const route: FastifyPluginAsync = async (fastify) => {
       throw err
     }
     await dispatch(request, reply, opened.transport)
-    // an initialize that failed never registered a session: release what was built for it
-    if (opened.transport.sessionId === undefined) await opened.server.close()
+    // an initialize that failed never registered a session: release its slot and what was built for it
+    if (opened.transport.sessionId === undefined) await opened.discard()
   })
 
   fastify.get('/mcp', async (request, reply) => {
