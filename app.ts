@@ -2,8 +2,10 @@
  * The root plugin: plugins in dependency order, then routes, and one error handler that logs and
  * hides the message of server errors. Everything the routes use is a decorator set by a plugin.
  */
+import { STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
 import sensible from '@fastify/sensible'
-import type { FastifyError, FastifyPluginAsync } from 'fastify'
+import type { FastifyError, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
@@ -21,8 +23,45 @@ import tasksRoute from './routes/tasks.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
 
+type Bounds = Record<string, { minimum?: number, maximum?: number } | undefined>
+
+/**
+ * Ajv coerces a query value such as `1e400` to Infinity and checks no bound after coercing (its
+ * bounds apply to finite numbers only): a non-finite number in the query string or the path is
+ * refused here, with the bound its schema gives.
+ */
+async function refuseNonFinite (request: FastifyRequest): Promise<void> {
+  const schema = request.routeOptions.schema as { querystring?: { properties?: Bounds }, params?: { properties?: Bounds } } | undefined
+  for (const [part, values] of [['querystring', request.query], ['params', request.params]] as const) {
+    for (const [name, value] of Object.entries((values ?? {}) as Record<string, unknown>)) {
+      if (typeof value !== 'number' || Number.isFinite(value)) continue
+      const bounds = schema?.[part]?.properties?.[name] ?? {}
+      const bound = value > 0 ? (bounds.maximum !== undefined ? `<= ${bounds.maximum}` : 'finite') : (bounds.minimum !== undefined ? `>= ${bounds.minimum}` : 'finite')
+      throw Object.assign(new Error(`${part}/${name} must be ${bound}`), { statusCode: 400 })
+    }
+  }
+}
+
+/**
+ * Node's answer to a request it cannot parse (headers too large, malformed HTTP, timeout) closes the
+ * socket; the reply says so with `Connection: close`, which Fastify's default answer leaves out.
+ */
+function answerClientError (err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const [status, message] = err.code === 'HPE_HEADER_OVERFLOW'
+    ? [431, 'Request header fields too large: keep all headers together under 16 KB']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request timeout: send the whole request sooner'] : [400, 'Malformed HTTP request']
+  const body = JSON.stringify({ statusCode: status, error: STATUS_CODES[status], message })
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
+  // Fastify's own handler runs next and leaves a destroyed socket alone
+  socket.destroy()
+}
+
 const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(sensible)
+  fastify.server.prependListener('clientError', answerClientError)
   await fastify.register(configPlugin, opts)
   await fastify.register(loadSheddingPlugin)
   await fastify.register(dockerPlugin, opts)
@@ -32,6 +71,15 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(lettaPlugin)
   await fastify.register(mcpSessionsPlugin)
   await fastify.register(healthPlugin)
+
+  // Letta's MCP client (the Python SDK) sends content-type: application/json on every request, GET
+  // and DELETE included, with no body: a bodiless request is served as if the header were absent.
+  const parseJson = fastify.getDefaultJsonParser(fastify.initialConfig.onProtoPoisoning ?? 'error', fastify.initialConfig.onConstructorPoisoning ?? 'error')
+  fastify.removeContentTypeParser('application/json')
+  fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') done(null, undefined)
+    else parseJson(request, body as string, done)
+  })
 
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
@@ -45,6 +93,8 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
       message: hidden ? 'Internal Server Error' : err.message
     })
   })
+
+  fastify.addHook('preHandler', refuseNonFinite)
 
   await fastify.register(healthRoute)
   await fastify.register(mcpRoute)

@@ -4,6 +4,7 @@
  * for what the SDK transport cannot know (unknown session 404, missing session 400, batches,
  * malformed JSON), then hands the raw request to the session's transport.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
@@ -20,6 +21,37 @@ function rpcCodeOf (err: FastifyError & { rpcCode?: number }, status: number): n
   if (err.rpcCode !== undefined) return err.rpcCode
   if (err instanceof SyntaxError || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return RPC.parseError
   return status >= 500 ? RPC.internal : RPC.server
+}
+
+/**
+ * Media types are case-insensitive, the SDK transport's Accept check is not (`TEXT/EVENT-STREAM`
+ * would be a 406): the Accept header is handed over lower-cased, in the parsed headers and in the
+ * raw list the transport reads.
+ */
+function lowerCaseAccept (raw: IncomingMessage): void {
+  const accept = raw.headers.accept
+  if (accept === undefined || accept === accept.toLowerCase()) return
+  raw.headers.accept = accept.toLowerCase()
+  for (let i = 0; i < raw.rawHeaders.length; i += 2) {
+    if (raw.rawHeaders[i].toLowerCase() === 'accept') raw.rawHeaders[i + 1] = raw.rawHeaders[i + 1].toLowerCase()
+  }
+}
+
+/**
+ * The SDK's streamed replies set `Connection: keep-alive`, which in Node overrides the client's
+ * `Connection: close`: for such a client every Connection header the reply gets says close, so the
+ * reply says it and Node closes the socket after it.
+ */
+function honourConnectionClose (request: FastifyRequest, res: ServerResponse): void {
+  if (!/(^|,)\s*close\s*(,|$)/i.test(request.headers.connection ?? '')) return
+  for (const method of ['setHeader', 'appendHeader'] as const) {
+    const original = res[method] as (name: string, value: unknown) => ServerResponse
+    res[method] = function (this: ServerResponse, name: string, value: unknown) {
+      return original.call(this, name, name.toLowerCase() === 'connection' ? 'close' : value)
+    } as never
+  }
+  // set now, so a later writeHead(status, headers) goes through setHeader for every header
+  res.setHeader('connection', 'close')
 }
 
 const route: FastifyPluginAsync = async (fastify) => {
@@ -51,6 +83,8 @@ const route: FastifyPluginAsync = async (fastify) => {
     // in-flight calls pin a session (no eviction mid-call); an open GET stream alone does not
     const release = session && request.method === 'POST' ? registry.hold(session) : undefined
     if (release) reply.raw.once('close', release)
+    lowerCaseAccept(request.raw)
+    honourConnectionClose(request, reply.raw)
     reply.hijack()
     try {
       await transport.handleRequest(request.raw, reply.raw, request.body)
@@ -88,8 +122,8 @@ const route: FastifyPluginAsync = async (fastify) => {
       throw err
     }
     await dispatch(request, reply, opened.transport)
-    // an initialize that failed never registered a session: release what was built for it
-    if (opened.transport.sessionId === undefined) await opened.server.close()
+    // an initialize that failed never registered a session: release its slot and what was built for it
+    if (opened.transport.sessionId === undefined) await opened.discard()
   })
 
   fastify.get('/mcp', async (request, reply) => {

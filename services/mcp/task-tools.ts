@@ -4,6 +4,7 @@ import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/proto
 import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js'
 import * as z from 'zod'
 import type { JSONSchema } from 'zod/v4/core'
+import { DockerError } from '../docker/errors.js'
 import type { TaskEngine } from '../tasks/engine.js'
 import { TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
 import { eventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
@@ -24,8 +25,14 @@ const TaskViewShape = TaskViewOutput.shape
 
 function fromError (err: unknown): CallToolResult {
   if (err instanceof TaskError) return toolError(err.message, { code: err.code, ...err.details })
+  // the engine unreachable or refusing (files, diff through a helper container): the caller is told, nothing threw
+  if (err instanceof DockerError) return toolError(err.message, { code: err.code })
   throw err
 }
+
+/** Bounds of numeric arguments: offsets and sequence numbers; byte offsets in a log (above the largest TASK_LOG_LIMIT). */
+const MAX_OFFSET = 1_000_000_000
+const MAX_LOG_OFFSET = 2 ** 40
 
 const taskId = z.string().min(1).max(100).describe('The task id returned by opencode_execute_task')
 
@@ -59,7 +66,7 @@ const OpencodeExecuteTaskInput = z.object({
   task_description: z.string().min(1).max(100_000).describe('What to do, in plain words'),
   agent_id: z.string().regex(AGENT_ID_PATTERN).optional().describe('The Letta agent id (defaults to the x-agent-id header)'),
   idempotency_key: z.string().min(1).max(200).optional().describe('Retries with the same key return the same task'),
-  timeout_ms: z.number().int().min(1_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
+  timeout_ms: z.number().int().min(1_000).max(86_400_000).optional().describe('Run time limit; defaults to RUNNER_TIMEOUT_MS'),
   sync: z.boolean().optional().describe('Wait for the result (default: false when async execution is enabled)'),
   model: z.string().min(3).max(200).optional().describe('provider/model for this task, from the server\'s allow-list (RUNNER_MODELS_ALLOWED)'),
   repository: z.object({
@@ -75,7 +82,7 @@ const OpencodeExecuteTaskOutput = z.object({ ...TaskViewShape, existing: z.boole
 const GetTaskStatusInput = z.object({ task_id: taskId })
 const GetTaskHistoryInput = z.object({
   task_id: taskId,
-  after: z.number().int().min(0).optional().describe('Return events after this sequence number (default 0)'),
+  after: z.number().int().min(0).max(MAX_OFFSET).optional().describe('Return events after this sequence number (default 0)'),
   limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100)')
 })
 const GetTaskHistoryOutput = z.object({
@@ -89,12 +96,12 @@ const ListTasksInput = z.object({
   status: z.enum(TASK_STATUSES).optional(),
   agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
   limit: z.number().int().min(1).max(200).optional(),
-  offset: z.number().int().min(0).optional()
+  offset: z.number().int().min(0).max(MAX_OFFSET).optional()
 })
 const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number() })
 const GetTaskLogsInput = z.object({
   task_id: taskId,
-  offset: z.number().int().min(0).optional().describe('Byte offset to read from (default 0)'),
+  offset: z.number().int().min(0).max(MAX_LOG_OFFSET).optional().describe('Byte offset to read from (default 0)'),
   limit: z.number().int().min(1).max(1_048_576).optional().describe('At most this many bytes (default 65536)')
 })
 const GetTaskLogsOutput = z.object({
