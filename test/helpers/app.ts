@@ -22,8 +22,9 @@ export function tempDir (t: Test, prefix = 'lop-'): string {
 export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const fastify = Fastify({ logger: false })
   const dataDir = mkdtempSync(join(tmpdir(), 'lop-data-'))
-  // no drain wait at teardown unless a test asks for one
-  const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', ...opts.env }
+  // no drain wait at teardown unless a test asks for one; no load shedding either (a busy CI machine
+  // stalls the event loop past its threshold, and a 503 there is no test's subject unless it says so)
+  const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', SHED_EVENT_LOOP_DELAY_MS: '0', ...opts.env }
   await fastify.register(app, { ...opts, env, envFile: false })
   t.teardown(async () => {
     await fastify.close()

@@ -17,7 +17,8 @@ export async function freePort (): Promise<number> {
 export function startServer (cwd: string, env: Record<string, string>) {
   const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), SERVER], {
     cwd,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '', ...env },
+    // no load shedding unless a test asks: a busy CI machine stalls the event loop past its threshold
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '', SHED_EVENT_LOOP_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stdout = ''
