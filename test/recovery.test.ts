@@ -86,14 +86,14 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   await waitFor(t, 'every task ended', async () => {
     const states = await Promise.all([survivor, lost, ...waiting].map(async (x) => (await status(client, x.task_id)).status))
     return states.every((s) => ['completed', 'failed'].includes(s))
-  }, 30_000)
+  }, 120_000)
   t.match(await status(client, survivor.task_id), { status: 'completed', output: 'survived\n' }, 're-attached to the container that kept running')
   const history = await call(client, 'get_task_history', { task_id: survivor.task_id }) as { events: Array<{ type: string }> }
   t.same(history.events.map((e) => e.type), ['queued', 'started', 'reattached', 'completed'])
   t.match(await status(client, lost.task_id), { status: 'failed', reason: 'interrupted', error: /container is gone/ })
   for (const w of waiting) t.match(await status(client, w.task_id), { status: 'completed', output: /-in-line\n/ }, 'queued tasks resumed')
 
-  await waitFor(t, 'orphan removed after the grace period', async () => (await engine.listContainers({ [LABEL.owner]: owner })).length === 0, 10_000)
+  await waitFor(t, 'orphan removed after the grace period', async () => (await engine.listContainers({ [LABEL.owner]: owner })).length === 0, 60_000)
   t.equal((await engine.listContainers({ [LABEL.owner]: 'another-service' })).length, 1, "another service's container on the same engine is left alone")
 
   proc.child.kill('SIGTERM')
