@@ -431,7 +431,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.update(id, { pending: [] })
       this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: status })
       this.log.warn({ taskId: id, dropped: dropped.length, status }, 'follow-up messages not run: the turn did not end well')
-      const note = `${dropped.length} follow-up message(s) were not run because the task ended ${status}: send them again with send_task_message`
+      const why = status === 'completed' ? 'the service was shutting down' : `the task ended ${status}`
+      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
       error = error ? `${error}; ${note}` : note
     }
     await this.finish(id, {
