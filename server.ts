@@ -41,7 +41,10 @@ async function main (): Promise<void> {
     throw err
   }
 
-  closeWithGrace({ delay: drainMs, logger: fastify.log }, async ({ signal, err }) => {
+  // a backstop: a promise rejection nobody handled is a bug to log, not a reason to stop every task
+  // (close-with-grace would shut the service down on it; it still does on an uncaught exception)
+  process.on('unhandledRejection', (reason) => fastify.log.error({ err: reason }, 'unhandled promise rejection; the service goes on'))
+  closeWithGrace({ delay: drainMs, logger: fastify.log, skip: ['unhandledRejection'] }, async ({ signal, err }) => {
     if (err) fastify.log.error({ err }, 'shutting down after an error')
     else fastify.log.info({ signal }, 'shutting down')
     await fastify.close()

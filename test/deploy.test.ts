@@ -17,6 +17,7 @@ import { tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { freePort } from './helpers/server.js'
+import { settled, type TaskResult } from './helpers/tasks.js'
 
 const run = promisify(execFile)
 const ROOT = new URL('..', import.meta.url).pathname
@@ -93,7 +94,7 @@ t.test('compose stack: healthy, runs a task through the socket, non-root, /data 
   const url = `http://127.0.0.1:${port}`
   const { client } = await connect(t, url, { authorization: `Bearer ${TOKEN}` })
   const result = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: '[script:write-edit] make hello.txt', sync: true } }, undefined, { timeout: 180_000 }) as CallToolResult
-  const task = result.structuredContent as { task_id: string, status: string, answer: string }
+  const task = await settled(client, result.structuredContent as TaskResult) as unknown as { task_id: string, status: string, answer: string }
   t.match(task, { status: 'completed', answer: 'Done: wrote hello.txt and edited it.' }, 'a runner container started through the mounted socket did the work')
   t.teardown(async () => {
     for (const v of await engine.listVolumes({ [LABEL.task]: task.task_id })) await engine.removeVolume(v.Name, true).catch(() => {})

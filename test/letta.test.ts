@@ -13,6 +13,7 @@ import { FakeLetta } from './fixtures/letta-server.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
+import { settled, type TaskResult } from './helpers/tasks.js'
 
 const TOKEN = 'letta-test-token-0123456789'
 const AGENT = 'agent-6b1e2f3a-1111-4222-8333-944455556666'
@@ -43,7 +44,8 @@ function env (letta: FakeLetta, extra: Record<string, string> = {}): Record<stri
 async function execute (client: Client, args: Record<string, unknown>): Promise<Record<string, unknown> & { task_id: string }> {
   const res = await client.callTool({ name: 'opencode_execute_task', arguments: { agent_id: AGENT, ...args } }) as CallToolResult
   if (res.isError) throw new Error(JSON.stringify(res.content))
-  return res.structuredContent as Record<string, unknown> & { task_id: string }
+  // a sync answer comes at SYNC_WAIT_MS at the latest: on a busy machine the end is waited for by status
+  return args.sync ? await settled(client, res.structuredContent as TaskResult) : res.structuredContent as Record<string, unknown> & { task_id: string }
 }
 const view = async (client: Client, id: string) => ((await client.callTool({ name: 'get_task_status', arguments: { task_id: id } })) as CallToolResult).structuredContent as Record<string, unknown> & { letta: { block_id: string, attached: boolean, notified: boolean, error: string | null } | null }
 const messagesFor = (letta: FakeLetta, taskId: string) => (letta.messages.get(AGENT) ?? []).filter((m) => m.content.includes(taskId))
@@ -147,7 +149,7 @@ t.test('the block never goes over its limit: 10,000 events and 5 MB of output', 
   const letta = await fakeLetta(t)
   const { url } = await listen(t, { env: env(letta, { WORKSPACE_BLOCK_LIMIT: '8000', WORKSPACE_MAX_EVENTS: '50' }) })
   const { client } = await connect(t, url)
-  const done = await execute(client, { task_description: 'events 10000 print-mb 5', sync: true, timeout_ms: 120_000 })
+  const done = await execute(client, { task_description: 'events 10000 print-mb 5', sync: true, timeout_ms: 600_000 })
   t.equal(done.status, 'completed')
   await waitFor(t, 'notified', async () => (await view(client, done.task_id)).letta?.notified === true, 20_000)
   const block = letta.blocks.get((await view(client, done.task_id)).letta?.block_id as string)
@@ -181,7 +183,7 @@ t.test('a Letta outage: tasks run as usual, /health is degraded, updates go out 
   const started = Date.now()
   const done = await execute(client, { task_description: 'echo regardless', sync: true })
   t.equal(done.status, 'completed')
-  t.ok(Date.now() - started < 10_000, 'not slowed by the outage')
+  t.ok(Date.now() - started < 20_000, 'not slowed by the outage (Letta calls with retries would take longer)')
   t.ok(app.health().body.letta.pending >= 1, 'the update waits in the outbox')
   await letta.start(letta.port)
   await waitFor(t, 'notified after the outage', async () => (await view(client, done.task_id)).letta?.notified === true, 90_000)

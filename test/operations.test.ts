@@ -7,13 +7,18 @@ import { build, listen, tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
+import { settled, type TaskResult } from './helpers/tasks.js'
 
 const ENV = { RUNNER_IMAGE: 'letta-opencode-test-agent:latest', RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '64m', RUNNER_STOP_GRACE_S: '1' }
 
 async function call (client: Client, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
   return await client.callTool({ name, arguments: args }) as CallToolResult
 }
-const task = async (client: Client, args: Record<string, unknown>) => (await call(client, 'opencode_execute_task', args)).structuredContent as { task_id: string, status: string }
+// a sync answer comes at SYNC_WAIT_MS at the latest: on a busy machine the end is waited for by status
+const task = async (client: Client, args: Record<string, unknown>) => {
+  const res = (await call(client, 'opencode_execute_task', args)).structuredContent as TaskResult
+  return args.sync ? await settled(client, res) : res
+}
 
 /** `name{labels} value` lines of the Prometheus text format → a lookup by `name{labels}`. */
 function parseMetrics (text: string): Map<string, number> {
@@ -103,8 +108,8 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
 
   const stopAt = Date.now()
   proc.child.kill('SIGTERM')
-  await new Promise((resolve) => setTimeout(resolve, 300))
-  const health = await fetch(`${url}/health`)
+  let health = await fetch(`${url}/health`)
+  await waitFor(t, 'draining', async () => (health = await fetch(`${url}/health`)).status === 503, 10_000)
   t.equal(health.status, 503)
   t.match(await health.json(), { status: 'draining', tasks: { accepting: false } })
   const refused = await call(client, 'opencode_execute_task', { task_description: 'say too late' })
@@ -114,7 +119,7 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
 
   t.equal(await proc.exited, 0, 'exit 0')
   const took = Date.now() - stopAt
-  t.ok(took >= 2_500 && took < 3_000 + 15_000, `exited after the grace period (${took} ms)`)
+  t.ok(took >= 2_500 && took < 3_000 + 60_000, `exited after the grace period (${took} ms)`)
   t.same(await engine.listContainers({ [LABEL.task]: slow.task_id }), [], "the interrupted task's container is gone")
 
   proc = startServer(dataDir, env)
@@ -123,19 +128,20 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
   const view = async (id: string) => (await call(again, 'get_task_status', { task_id: id })).structuredContent as Record<string, unknown>
   t.match(await view(quick.task_id), { status: 'completed', output: 'quick\n' }, 'finished within the grace')
   t.match(await view(slow.task_id), { status: 'failed', reason: 'interrupted', error: /SHUTDOWN_GRACE_MS=3000/ })
-  await waitFor(t, 'the queued task ran after the restart', async () => (await view(waiting.task_id)).status === 'completed', 15_000)
+  await waitFor(t, 'the queued task ran after the restart', async () => (await view(waiting.task_id)).status === 'completed', 60_000)
   t.equal((await view(waiting.task_id)).output, 'waited\n')
   proc.child.kill('SIGTERM')
   t.equal(await proc.exited, 0)
 })
 
 t.test('load shedding: a stalled event loop answers 503 with Retry-After, then recovers; /health reports it', async (t) => {
-  const app = await build(t, { env: { SHED_EVENT_LOOP_DELAY_MS: '50' } })
-  t.equal((await app.inject({ url: '/tasks' })).statusCode, 200)
-  // stall the loop in bursts for longer than a sample interval
+  const app = await build(t, { env: { SHED_EVENT_LOOP_DELAY_MS: '100' } })
+  // a busy machine may delay the loop by itself for a moment: wait for a calm start
+  await waitFor(t, 'served at rest', async () => (await app.inject({ url: '/tasks' })).statusCode === 200, 60_000)
+  // stall the loop in bursts for longer than a sample interval, well past the threshold
   const until = Date.now() + 1_500
   while (Date.now() < until) {
-    const burst = Date.now() + 120
+    const burst = Date.now() + 300
     while (Date.now() < burst) { /* busy */ }
     await new Promise((resolve) => setImmediate(resolve))
   }
@@ -146,9 +152,8 @@ t.test('load shedding: a stalled event loop answers 503 with Retry-After, then r
   const health = await app.inject({ url: '/health' })
   t.equal(health.statusCode, 200, 'probes are not shed: an overload is no reason to restart the container')
   t.match(health.json(), { status: 'degraded', load: { shedding: true } })
-  t.ok((health.json().load.event_loop_delay_ms as number) > 50)
+  t.ok((health.json().load.event_loop_delay_ms as number) > 100)
   t.equal((await app.inject({ url: '/metrics' })).statusCode, 200, 'metrics stay readable under load')
-  await new Promise((resolve) => setTimeout(resolve, 1_500))
-  t.equal((await app.inject({ url: '/tasks' })).statusCode, 200, 'recovered once the loop is free')
+  await waitFor(t, 'recovered once the loop is free', async () => (await app.inject({ url: '/tasks' })).statusCode === 200, 30_000)
   t.match((await app.inject({ url: '/health' })).json(), { status: 'healthy', load: { shedding: false } })
 })

@@ -103,10 +103,15 @@ export class LettaSync {
     await this.ticking
   }
 
-  /** Runs a pass over the due rows unless one is running. */
+  /**
+   * Runs a pass over the due rows unless one is running. Never rejects: a failed pass (the store
+   * failing, say) is logged and the next one runs at the next interval.
+   */
   kick (): Promise<void> {
     if (this.stopped) return Promise.resolve()
-    this.ticking ??= this.tick().finally(() => { this.ticking = undefined })
+    this.ticking ??= this.tick()
+      .catch((err: unknown) => this.log.warn({ err }, 'letta worker pass failed; it runs again at the next interval'))
+      .finally(() => { this.ticking = undefined })
     return this.ticking
   }
 

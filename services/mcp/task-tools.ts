@@ -49,15 +49,15 @@ async function waitWithProgress (tasks: TaskEngine, principal: string, id: strin
   const send = (message: string) => {
     extra.sendNotification({ method: 'notifications/progress', params: { progressToken, progress: ++progress, message } }).catch(() => {})
   }
-  const onEvent = (taskId: string, event: { summary: string }) => { if (taskId === id) send(event.summary) }
-  tasks.on('event', onEvent)
+  // one engine dispatcher for every task's subscribers, not one engine listener per call
+  const unsubscribe = tasks.subscribe(id, (event) => send(event.summary))
   send(`task ${tasks.get(principal, id).status}`)
   const heartbeat = setInterval(() => send(`task ${tasks.get(principal, id).status}${tasks.lastEvent(id) ? `: ${tasks.lastEvent(id)}` : ''}`), 2_000)
   try {
     return await tasks.waitForEnd(id, ms, extra.signal)
   } finally {
     clearInterval(heartbeat)
-    tasks.off('event', onEvent)
+    unsubscribe()
   }
 }
 

@@ -64,6 +64,8 @@ interface Live {
   resumedAt: number
   /** The last thing the agent did, for progress messages. */
   lastEvent?: string
+  /** Paused: no timeout or idle clock runs. */
+  paused?: boolean
 }
 
 interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture }
@@ -78,6 +80,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly semaphore: Semaphore
   private readonly live = new Map<string, Live>()
   private readonly endWaiters = new Map<string, Set<(t: TaskRecord) => void>>()
+  /** Per-task event subscribers (progress of sync calls): one map, not one engine listener per call. */
+  private readonly eventSubscribers = new Map<string, Set<(event: ParsedEvent) => void>>()
   private readonly logDir: string
   private readonly modelsAllowed: Set<string>
   readonly workspaces: Workspaces
@@ -111,6 +115,35 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** The last thing a live task's agent did (for progress messages). */
   lastEvent (id: string): string | undefined { return this.live.get(id)?.lastEvent }
 
+  /**
+   * Listeners are observers (metrics, Letta, progress): one that throws or rejects is logged and the
+   * engine goes on; it never fails a task or keeps a waiter waiting.
+   */
+  override emit<K extends keyof TaskEngineEvents> (event: K, ...args: TaskEngineEvents[K]): boolean {
+    const listeners = this.rawListeners(event) as Array<(...a: unknown[]) => unknown>
+    for (const listener of listeners) {
+      const failed = (err: unknown) => this.log.error({ err, event }, 'a task engine listener failed; the engine goes on')
+      try {
+        const result = listener.apply(this, args)
+        if (result instanceof Promise) result.catch(failed)
+      } catch (err) {
+        failed(err)
+      }
+    }
+    return listeners.length > 0
+  }
+
+  /** Calls `fn` with each event of the task until the returned function is called. */
+  subscribe (id: string, fn: (event: ParsedEvent) => void): () => void {
+    const set = this.eventSubscribers.get(id) ?? new Set()
+    this.eventSubscribers.set(id, set)
+    set.add(fn)
+    return () => {
+      set.delete(fn)
+      if (set.size === 0 && this.eventSubscribers.get(id) === set) this.eventSubscribers.delete(id)
+    }
+  }
+
   logPath (id: string): string {
     return join(this.logDir, `${id}.log`)
   }
@@ -131,7 +164,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const repository = args.repository ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null } : null
     const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
-    const create = (): TaskRecord => ({
+    // a full queue refuses a new task before anything is stored; a retry with a known key gets its task all the same
+    const create = (): TaskRecord => {
+      if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) throw this.queueFull()
+      return newTask()
+    }
+    const newTask = (): TaskRecord => ({
       id: `task_${randomUUID()}`,
       principal: caller.principal,
       agent_id: agentId,
@@ -159,10 +197,6 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       diff_truncated: false,
       workspace_removed_at: null
     })
-    // a full queue refuses before anything is stored
-    if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) {
-      throw this.queueFull()
-    }
 
     let task: TaskRecord
     if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
@@ -210,14 +244,18 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
   }
 
-  private schedule (task: TaskRecord, attached?: string): void {
-    const live: Live = { remainingMs: task.timeout_ms, resumedAt: 0 }
+  /** `attached`: a container that still runs from before a restart; it takes its slot at once. */
+  private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean }): void {
+    const live: Live = attached
+      ? { remainingMs: attached.remainingMs, resumedAt: 0, containerId: attached.containerId, started: true, paused: attached.paused }
+      : { remainingMs: task.timeout_ms, resumedAt: 0 }
     this.live.set(task.id, live)
-    this.semaphore.acquire(task.id).then(async (release) => {
+    const slot = attached ? Promise.resolve(this.semaphore.take()) : this.semaphore.acquire(task.id)
+    slot.then(async (release) => {
       try {
         // draining: a task that has not started stays queued in the store for the next start
         if (!this.accepting && !attached) return
-        await this.run(task.id, live, attached)
+        await this.run(task.id, live, attached?.containerId)
       } finally {
         release()
       }
@@ -248,19 +286,22 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         outcome = await this.monitor(id, started.containerId, live, started.stream)
       }
       if (this.closing.signal.aborted) return
+      // a follow-up message continues the session when the turn ended well; one that arrives while
+      // the end is being recorded (the diff) is caught by endTask and continues it all the same
+      if (!this.continues(id, live, outcome) && await this.endTask(id, live, outcome)) return
+      await this.removeContainer(id, live)
       task = this.store.get(id) as TaskRecord
-      const pending = task.pending
-      // a follow-up message continues the session when the turn ended well
-      if (outcome.reason === 'exit' && outcome.exitCode === 0 && pending.length > 0 && !live.ending && this.accepting) {
-        await this.removeContainer(id, live)
-        this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
-        this.store.update(id, { status: 'queued', output: outcome.capture.output.text() })
-        task = this.store.get(id) as TaskRecord
-        live.remainingMs = task.timeout_ms
-        continue
-      }
-      return this.endTask(id, live, outcome)
+      this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
+      this.store.update(id, { status: 'queued', output: outcome.capture.output.text() })
+      task = this.store.get(id) as TaskRecord
+      live.remainingMs = task.timeout_ms
     }
+  }
+
+  /** Whether the turn ended well and a follow-up message waits: read and decided in one synchronous step. */
+  private continues (id: string, live: Live, outcome: TurnOutcome): boolean {
+    const pending = (this.store.get(id) as TaskRecord).pending
+    return outcome.reason === 'exit' && outcome.exitCode === 0 && pending.length > 0 && !live.ending && this.accepting && !this.closing.signal.aborted
   }
 
   /** One turn's container: volumes and inputs on the first turn, then create → attach → start. */
@@ -311,9 +352,13 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** Follows a started container to its end: output, log, events, timeout and idle watchdogs. */
   private async monitor (id: string, containerId: string, live: Live, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
     const task = this.store.get(id) as TaskRecord
-    live.resumedAt = Date.now()
-    this.armTimeout(id, live)
-    this.armIdle(id, live)
+    // the timeout clock runs from here (unless the task is paused); kept in the store for a restart
+    if (!live.paused) {
+      live.resumedAt = Date.now()
+      this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
+      this.armTimeout(id, live)
+      this.armIdle(id, live)
+    }
     const capture = new TurnCapture({
       outputLimit: this.config.TASK_OUTPUT_LIMIT,
       logPath: this.logPath(id),
@@ -329,7 +374,13 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.addEvents(id, events.slice(0, room))
       stored += events.length
       live.lastEvent = events[events.length - 1].summary
-      for (const e of events) this.emit('event', id, e)
+      const subscribers = this.eventSubscribers.get(id)
+      for (const e of events) {
+        this.emit('event', id, e)
+        for (const fn of subscribers ?? []) {
+          try { fn(e) } catch (err) { this.log.error({ taskId: id, err }, 'a task event subscriber failed') }
+        }
+      }
     }
     let exitCode: number | null = null
     let engineError: string | undefined
@@ -358,8 +409,13 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return { reason, exitCode, engineError, capture }
   }
 
-  /** Records the task's end: status, result, diff; then removes the container and tells the waiters. */
-  private async endTask (id: string, live: Live, outcome: TurnOutcome): Promise<void> {
+  /**
+   * Records the task's end: status, result, diff; then removes the container and tells the waiters.
+   * False (nothing recorded) when a follow-up message arrived meanwhile: the task goes on with it.
+   * Messages still waiting after a turn that did not end well are not run: the task's history says
+   * so (`messages_dropped`) and its error tells the caller to send them again.
+   */
+  private async endTask (id: string, live: Live, outcome: TurnOutcome): Promise<boolean> {
     const { reason, exitCode, capture } = outcome
     const status: TaskStatus = reason === 'timeout'
       ? 'timeout'
@@ -373,16 +429,29 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       exit: status === 'failed' ? (exitCode === 127 && OPENCODE_NOT_FOUND.test(capture.output.text()) ? noOpencode(this.config.RUNNER_IMAGE) : `exited with code ${exitCode}`) : undefined
     }
     const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
+    // from here to the terminal write in finish() nothing awaits: message() cannot slip in between
+    if (this.continues(id, live, outcome)) return false
+    const dropped = (this.store.get(id) as TaskRecord).pending
+    let error = errors[reason] ?? null
+    if (dropped.length > 0 && !this.closing.signal.aborted) {
+      this.store.update(id, { pending: [] })
+      this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: status })
+      this.log.warn({ taskId: id, dropped: dropped.length, status }, 'follow-up messages not run: the turn did not end well')
+      const why = status === 'completed' ? 'the service was shutting down' : `the task ended ${status}`
+      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
+      error = error ? `${error}; ${note}` : note
+    }
     await this.finish(id, {
       status,
       reason,
-      error: errors[reason] ?? null,
+      error,
       exit_code: exitCode,
       output: capture.output.text(),
       output_truncated: capture.output.truncated,
       output_bytes: capture.output.total,
       ...(diff ? { diff: diff.text, diff_truncated: diff.truncated } : {})
     }, () => this.removeContainer(id, live))
+    return true
   }
 
   private async removeContainer (id: string, live: Live): Promise<void> {
@@ -400,7 +469,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** The stall watchdog: a turn that prints nothing for RUNNER_IDLE_TIMEOUT_MS is stopped. */
   private armIdle (id: string, live: Live): void {
     clearTimeout(live.idle)
-    if (this.config.RUNNER_IDLE_TIMEOUT_MS > 0) live.idle = setTimeout(() => this.end(id, live, 'stalled'), this.config.RUNNER_IDLE_TIMEOUT_MS)
+    if (this.config.RUNNER_IDLE_TIMEOUT_MS > 0 && !live.paused) live.idle = setTimeout(() => this.end(id, live, 'stalled'), this.config.RUNNER_IDLE_TIMEOUT_MS)
   }
 
   private end (id: string, live: Live, reason: EndReason): void {
@@ -430,10 +499,13 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const done = this.store.get(id) as TaskRecord
     const duration = done.started_at ? finishedAt - done.started_at : 0
     this.log.info({ taskId: id, agentId: done.agent_id, principal: done.principal, status: done.status, reason: done.reason, durationMs: duration, turns: done.turns }, 'task ended')
-    await cleanup?.()
-    this.emit('ended', done)
-    for (const resolve of this.endWaiters.get(id) ?? []) resolve(done)
-    this.endWaiters.delete(id)
+    try {
+      await cleanup?.()
+    } finally {
+      this.emit('ended', done)
+      for (const resolve of this.endWaiters.get(id) ?? []) resolve(done)
+      this.endWaiters.delete(id)
+    }
   }
 
   // --- reads and controls ---------------------------------------------------------------------
@@ -543,16 +615,18 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     if (action === 'pause') {
       await this.docker.pauseContainer(live.containerId)
+      live.paused = true
       clearTimeout(live.timer)
       clearTimeout(live.idle)
       live.remainingMs -= Date.now() - live.resumedAt
-      this.store.update(id, { status: 'paused' })
+      this.store.update(id, { status: 'paused', remaining_ms: live.remainingMs, resumed_at: null })
     } else {
       await this.docker.unpauseContainer(live.containerId)
+      live.paused = false
       live.resumedAt = Date.now()
       this.armTimeout(id, live)
       this.armIdle(id, live)
-      this.store.update(id, { status: 'running' })
+      this.store.update(id, { status: 'running', remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     }
     this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs })
     this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
@@ -568,27 +642,41 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   // --- lifecycle ------------------------------------------------------------------------------
 
   /**
-   * Start-up recovery: a task that was running is re-attached if its container still runs, else
-   * failed with the reason; queued tasks are queued again; labelled containers with no task are removed.
+   * Start-up recovery: a task that was running is re-attached if its container still runs (a paused
+   * one stays paused), else failed with the reason; then queued tasks are queued again; labelled
+   * containers with no task are removed. Re-attached containers take their slots first (over
+   * MAX_CONCURRENT_TASKS if the limit was lowered), with their timeout clock re-armed from the
+   * stored run time left: paused time does not count, the time a container ran while the service
+   * was down does.
    */
   async recover (): Promise<void> {
     // both snapshots before the first await: a task submitted meanwhile is scheduled by submit() alone
     const interrupted = this.store.withStatus('running', 'paused')
     const queued = this.store.withStatus('queued')
-    for (const task of queued) this.schedule(task)
-    for (const task of interrupted) {
-      const state = task.container_id ? await this.docker.inspectContainer(task.container_id).then((i) => i.State, () => undefined) : undefined
-      if (state && (state.Running || state.Paused)) {
-        if (state.Paused) await this.docker.unpauseContainer(task.container_id as string).catch(() => {})
-        this.store.update(task.id, { status: 'running' })
-        this.store.addEvent(task.id, 'reattached', {})
-        const elapsed = Date.now() - (task.started_at ?? Date.now())
-        this.schedule({ ...task, timeout_ms: task.timeout_ms - elapsed }, task.container_id as string)
-        Object.assign(this.live.get(task.id) as Live, { containerId: task.container_id as string, started: true })
-      } else {
-        await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
-          async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
+    const states = await Promise.all(interrupted.map((task) => task.container_id
+      ? this.docker.inspectContainer(task.container_id).then((i) => i.State, () => undefined)
+      : undefined))
+    const gone: TaskRecord[] = []
+    for (const [i, task] of interrupted.entries()) {
+      const state = states[i]
+      if (!state || !(state.Running || state.Paused)) {
+        gone.push(task)
+        continue
       }
+      // the stored status decides: a pause the store never recorded is undone
+      const paused = state.Paused && task.status === 'paused'
+      if (state.Paused && !paused) await this.docker.unpauseContainer(task.container_id as string).catch(() => {})
+      const left = task.remaining_ms ?? task.timeout_ms
+      const since = task.remaining_ms == null ? task.started_at : task.resumed_at
+      const remainingMs = paused ? left : left - (since ? Date.now() - since : 0)
+      this.store.update(task.id, { status: paused ? 'paused' : 'running', remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
+      this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs })
+      this.schedule(task, { containerId: task.container_id as string, remainingMs, paused })
+    }
+    for (const task of queued) this.schedule(task)
+    for (const task of gone) {
+      await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
+        async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
     }
     // orphans and expired workspaces: not on the start-up path (a busy engine must not delay it)
     this.reconcile().catch((err: Error) => this.log.warn({ err }, 'reconcile failed; it runs again at the next interval'))

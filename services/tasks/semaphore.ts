@@ -29,6 +29,15 @@ export class Semaphore {
     return new Promise((resolve, reject) => this.waiters.push({ id, resolve, reject }))
   }
 
+  /**
+   * A slot at once, over the limit if it must be: for a container that already runs (re-attached
+   * after a restart). Waiters start again only once `running` is back under the limit.
+   */
+  take (): () => void {
+    this.active++
+    return this.releaser()
+  }
+
   /** Removes a waiter (a task cancelled while queued); its acquire rejects with `reason`. */
   withdraw (id: string, reason: Error): boolean {
     const i = this.waiters.findIndex((w) => w.id === id)
@@ -42,9 +51,12 @@ export class Semaphore {
     return () => {
       if (done) return
       done = true
-      const next = this.waiters.shift()
-      if (next) next.resolve(this.releaser())
-      else this.active--
+      this.active--
+      while (this.active < this.limit && this.waiters.length > 0) {
+        const next = this.waiters.shift() as Waiter
+        this.active++
+        next.resolve(this.releaser())
+      }
     }
   }
 }

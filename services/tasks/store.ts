@@ -75,7 +75,10 @@ const MIGRATIONS: string[] = [
      attempts INTEGER NOT NULL DEFAULT 0,
      next_attempt_at INTEGER NOT NULL DEFAULT 0
    );
-   CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`
+   CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`,
+  // the timeout clock across pauses and restarts: run time left, and when the current running stretch began (null: paused)
+  `ALTER TABLE tasks ADD COLUMN remaining_ms INTEGER;
+   ALTER TABLE tasks ADD COLUMN resumed_at INTEGER;`
 ]
 
 /** Columns that hold JSON, and the ones that hold booleans. */

@@ -39,6 +39,10 @@ export interface TaskRecord {
   diff: string | null
   diff_truncated: boolean
   workspace_removed_at: number | null
+  /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
+  remaining_ms?: number | null
+  /** When the current running stretch began; null while paused (paused time does not count). */
+  resumed_at?: number | null
   /** The Letta workspace block and notification, when the task has an agent and Letta is configured (read only). */
   letta?: { block_id: string | null, attached: boolean, notified: boolean, error: string | null } | null
 }

@@ -23,7 +23,7 @@ export async function collect (chunks: AsyncIterable<{ stream: string, data: Buf
   return out
 }
 
-export async function waitFor (t: Test, what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+export async function waitFor (t: Test, what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   const until = Date.now() + timeoutMs
   while (Date.now() < until) {
     if (await check()) return

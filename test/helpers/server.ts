@@ -32,7 +32,7 @@ export function startServer (cwd: string, env: Record<string, string>) {
 }
 
 /** Polls GET /health until it answers; its body. */
-export async function healthy (port: number, timeoutMs = 15_000): Promise<Record<string, unknown> | undefined> {
+export async function healthy (port: number, timeoutMs = 120_000): Promise<Record<string, unknown> | undefined> {
   const until = Date.now() + timeoutMs
   while (Date.now() < until) {
     const body = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.json() as Promise<Record<string, unknown>>, () => undefined)
