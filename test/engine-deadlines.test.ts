@@ -97,6 +97,7 @@ t.test('reconcile never removes a helper container of a live task', async (t) =>
   const { app, client } = await setup(t, { ORPHAN_GRACE_MS: '0' })
   const task = await execute(client, 'sleep 60')
   await waitFor(t, 'the task\'s container to run', async () => (await engine.listContainers({ [LABEL.task]: task.task_id })).some((c) => c.State === 'running'), 60_000)
+  await app.tasks.reconcile() // the start-up run is over: the next call runs anew
   // a helper as the workspaces make them (clone, files, diff), of the live task, and one of no task
   const helper = (id: string) => containerSpec(app.config, { id, agent_id: null, argv: [], entrypoint: ['true'], role: 'helper' }, app.tasks.owner)
   const live = (await engine.createContainer(helper(task.task_id))).Id

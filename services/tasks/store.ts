@@ -75,7 +75,11 @@ const MIGRATIONS: string[] = [
      attempts INTEGER NOT NULL DEFAULT 0,
      next_attempt_at INTEGER NOT NULL DEFAULT 0
    );
-   CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`
+   CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`,
+  // retention: ended tasks by end time, and the keys that cascade with a task or expire
+  `CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+   CREATE INDEX idempotency_keys_task ON idempotency_keys (task_id);
+   CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);`
 ]
 
 /** Columns that hold JSON, and the ones that hold booleans. */
@@ -83,8 +87,20 @@ const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */
-const SELECT_TASK = `SELECT t.*, l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
+const LETTA_COLUMNS = `l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
   l.agent_id AS letta_agent_id FROM tasks t LEFT JOIN letta_sync l ON l.task_id = t.id`
+const SELECT_TASK = `SELECT t.*, ${LETTA_COLUMNS}`
+/**
+ * What a list shows: the large columns (output, diff, seed) are left out; `output` and `seed` are
+ * null and `diff` is '' when there is one (has_diff stays true). One task's view reads them.
+ */
+const SELECT_LISTED = `SELECT t.id, t.principal, t.agent_id, t.description, t.status, t.timeout_ms, t.created_at, t.started_at, t.finished_at,
+  t.exit_code, t.reason, t.error, NULL AS output, t.output_truncated, t.output_bytes, t.container_id, t.idempotency_key, t.model, t.result,
+  t.turns, t.pending, t.repository, NULL AS seed, CASE WHEN t.diff IS NULL THEN NULL ELSE '' END AS diff, t.diff_truncated, t.workspace_removed_at,
+  ${LETTA_COLUMNS}`
+
+/** Rows deleted per transaction by retention (a long backlog is worked off over several runs). */
+const RETENTION_BATCH = 1_000
 
 type Row = Record<string, unknown>
 function toRecord (r: Row | undefined): TaskRecord | undefined {
@@ -173,9 +189,29 @@ export class TaskStore {
     if (f.status) where.push('t.status = @status')
     if (f.agent_id) where.push('t.agent_id = @agent_id')
     const clause = where.join(' AND ')
-    const rows = this.db.prepare(`${SELECT_TASK} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
+    const rows = this.db.prepare(`${SELECT_LISTED} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
     const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`).get(f) as { n: number }
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
+  }
+
+  /**
+   * Retention: ended tasks that finished at or before `before` are deleted, with their events,
+   * idempotency keys and Letta outbox rows (ON DELETE CASCADE); at most `limit` per call. Returns
+   * the deleted ids (their log files are the caller's).
+   */
+  deleteEnded (before: number, limit = RETENTION_BATCH): string[] {
+    return this.db.transaction(() => {
+      const ids = (this.db.prepare(`SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?
+        AND status IN ('completed', 'failed', 'timeout', 'cancelled') ORDER BY finished_at LIMIT ?`).all(before, limit) as Array<{ id: string }>).map((r) => r.id)
+      const del = this.db.prepare('DELETE FROM tasks WHERE id = ?')
+      for (const id of ids) del.run(id)
+      return ids
+    })()
+  }
+
+  /** Idempotency keys created at or before `before` (past IDEMPOTENCY_TTL_MS): they name no task any more. */
+  deleteExpiredKeys (before: number): number {
+    return this.db.prepare('DELETE FROM idempotency_keys WHERE created_at <= ?').run(before).changes
   }
 
   /** How many tasks are in each state (metrics). */
