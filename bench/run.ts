@@ -5,12 +5,13 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, totalmem } from 'node:os'
 import { runHttpBench } from './http.js'
+import { runListBench } from './list.js'
 import { runLogsBench } from './logs.js'
 import { runSessionsBench } from './sessions.js'
 import { runTasksBench } from './tasks.js'
 
 // one after the other: each measures against a baseline in the same conditions
-const rows = [...await runHttpBench(), ...await runSessionsBench(), ...await runTasksBench(), ...await runLogsBench()]
+const rows = [...await runHttpBench(), ...await runSessionsBench(), ...await runTasksBench(), ...await runLogsBench(), ...await runListBench()]
 console.table(rows)
 mkdirSync(new URL('./results/', import.meta.url), { recursive: true })
 writeFileSync(new URL('./results/latest.json', import.meta.url), JSON.stringify({

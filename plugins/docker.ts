@@ -19,7 +19,7 @@ export interface DockerPluginOptions {
 }
 
 export default fp<DockerPluginOptions>(async (fastify, opts) => {
-  const engine = new DockerEngine(opts.docker)
+  const engine = new DockerEngine(opts.docker, fastify.config.DOCKER_CALL_TIMEOUT_MS)
   const probe = new EngineProbe(engine, fastify.config.DOCKER_PROBE_INTERVAL_MS, (state) => {
     if (state.reachable) fastify.log.info({ engine: state.version, api: state.api_version }, 'docker engine reachable')
     else fastify.log.error({ code: state.last_error_code }, state.last_error ?? 'docker engine unreachable')

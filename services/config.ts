@@ -54,6 +54,7 @@ export const ConfigSchema = Type.Object({
   MAX_QUEUED_TASKS: Int(100, 0, 100_000, 'an integer from 0 to 100000'),
   SYNC_WAIT_MS: Int(50_000, 100, 3_600_000, 'milliseconds from 100 to 3600000 (keep under the client\'s tool timeout, 60 s for Letta)'),
   IDEMPOTENCY_TTL_MS: Int(86_400_000, 1_000, 30 * 86_400_000, 'milliseconds from 1000 to 2592000000'),
+  TASK_RETENTION_MS: Int(30 * 86_400_000, 0, 3650 * 86_400_000, 'milliseconds from 0 to 315360000000 (ended tasks older than this are deleted with their events and logs; 0 keeps them forever)'),
   ORPHAN_GRACE_MS: Int(60_000, 0, 86_400_000, 'milliseconds from 0 to 86400000'),
   RECONCILE_INTERVAL_MS: Int(60_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),
 
@@ -78,6 +79,7 @@ export const ConfigSchema = Type.Object({
 
   // Docker engine probe (the connection itself follows DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)
   DOCKER_PROBE_INTERVAL_MS: Int(5_000, 200, 600_000, 'milliseconds from 200 to 600000'),
+  DOCKER_CALL_TIMEOUT_MS: Int(30_000, 1_000, 600_000, 'milliseconds from 1000 to 600000 (the most a short Engine API call may take: create, start, inspect, stop, remove, archive)'),
 
   // MCP endpoint
   MCP_SESSION_TTL_MS: Int(1_800_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000'),

@@ -44,7 +44,7 @@ t.test('GET /tasks, GET /tasks/:id and POST /tasks/:id/cancel are authenticated 
   t.same(body.tasks.map((x) => x.task_id), [running.task_id, done.task_id], 'newest first')
 
   const filtered = await (await fetch(`${url}/tasks?status=completed&limit=1`, { headers: alice })).json() as { tasks: unknown[], total: number }
-  t.match(filtered, { total: 1, tasks: [{ task_id: done.task_id, status: 'completed', output: 'over http\n', exit_code: 0, agent_id: 'agent-http' }] })
+  t.match(filtered, { total: 1, tasks: [{ task_id: done.task_id, status: 'completed', output: null, output_bytes: 10, exit_code: 0, agent_id: 'agent-http' }] })
 
   const bad = await fetch(`${url}/tasks?status=sleeping&limit=0`, { headers: alice })
   t.equal(bad.status, 400)

@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
 import Modem from 'docker-modem'
 import { demuxDockerStream, type LogChunk } from './demux.js'
-import { DockerError, mapDockerError } from './errors.js'
+import { deadlineError, DockerError, mapDockerError } from './errors.js'
 
 export type Labels = Record<string, string>
 
@@ -86,6 +86,11 @@ interface RequestOptions {
   stream?: boolean
   file?: Readable | Buffer
   signal?: AbortSignal
+  /**
+   * How long the engine may take to answer, in ms: by default the client's call timeout; long calls
+   * (attach, wait, followed logs) pass `false` and stay cancellable by their signal only.
+   */
+  deadline?: number | false
 }
 
 /** Turns `{ a: 'b', c: true }` into the Engine API's label filter `["a=b", "c"]`. */
@@ -96,7 +101,11 @@ function labelFilter (labels: Record<string, string | true>): string[] {
 export class DockerEngine {
   readonly modem: Modem
 
-  constructor (options?: Modem.ConstructorOptions) {
+  /**
+   * `callTimeoutMs` (DOCKER_CALL_TIMEOUT_MS) bounds every short call: docker-modem has no timeout,
+   * and a hung engine call would otherwise hold its caller (and a task's queue slot) forever.
+   */
+  constructor (options?: Modem.ConstructorOptions, readonly callTimeoutMs = 30_000) {
     this.modem = new Modem(options)
   }
 
@@ -109,6 +118,11 @@ export class DockerEngine {
     const options = method === 'POST' || method === 'PUT'
       ? { ...(hasQuery ? { _query: query } : {}), _body: opts.body ?? {} }
       : query
+    const deadlineMs = opts.deadline ?? this.callTimeoutMs
+    // the deadline covers the call until the engine's answer (for streams: its headers), not a stream's body
+    const deadline = deadlineMs === false ? undefined : new AbortController()
+    const timer = deadline ? setTimeout(() => deadline.abort(), deadlineMs as number) : undefined
+    const signal = deadline ? (opts.signal ? AbortSignal.any([opts.signal, deadline.signal]) : deadline.signal) : opts.signal
     return new Promise<T>((resolve, reject) => {
       this.modem.dial({
         path: hasQuery ? `${path}?` : path,
@@ -117,9 +131,11 @@ export class DockerEngine {
         statusCodes,
         isStream: opts.stream ?? false,
         file: opts.file as never,
-        abortSignal: opts.signal
+        abortSignal: signal
       }, (err, data) => {
-        if (err) reject(mapDockerError(err, `${method} ${path}`))
+        clearTimeout(timer)
+        if (err && deadline?.signal.aborted && !opts.signal?.aborted) reject(deadlineError(`${method} ${path}`, deadlineMs as number, err))
+        else if (err) reject(mapDockerError(err, `${method} ${path}`))
         else resolve(data as T)
       })
     })
@@ -171,12 +187,13 @@ export class DockerEngine {
 
   /** Resolves when the container stops (`condition=not-running`), with its exit code. */
   waitContainer (id: string, signal?: AbortSignal): Promise<WaitResult> {
-    return this.request('POST', `/containers/${id}/wait`, { query: { condition: 'not-running' }, ok: [200], signal })
+    return this.request('POST', `/containers/${id}/wait`, { query: { condition: 'not-running' }, ok: [200], signal, deadline: false })
   }
 
   /** Stops with the container's stop signal, then SIGKILL after `timeoutSec`. */
   async stopContainer (id: string, timeoutSec = 10): Promise<void> {
-    await this.request('POST', `/containers/${id}/stop`, { query: { t: timeoutSec }, ok: [204, 304] })
+    // the engine answers after the grace period (and the kill that may follow it)
+    await this.request('POST', `/containers/${id}/stop`, { query: { t: timeoutSec }, ok: [204, 304], deadline: this.callTimeoutMs + timeoutSec * 1000 })
   }
 
   async killContainer (id: string, signal = 'SIGKILL'): Promise<void> {
@@ -218,7 +235,8 @@ export class DockerEngine {
       query: { stdout: true, stderr: true, follow: opts.follow ?? false, since: opts.since, tail: opts.tail, timestamps: opts.timestamps },
       ok: [200],
       stream: true,
-      signal: opts.signal
+      signal: opts.signal,
+      ...(opts.follow ? { deadline: false as const } : {})
     })
     try {
       yield * demuxDockerStream(res)
@@ -237,7 +255,8 @@ export class DockerEngine {
       query: { stream: true, stdout: true, stderr: true },
       ok: [101, 200],
       stream: true,
-      signal
+      signal,
+      deadline: false
     })
     return (async function * () {
       try {

@@ -9,6 +9,7 @@ export type DockerErrorCode =
   | 'engine_unavailable'
   | 'permission_denied'
   | 'engine_error'
+  | 'engine_timeout'
 
 export class DockerError extends Error {
   override name = 'DockerError'
@@ -62,4 +63,11 @@ export function mapDockerError (err: unknown, endpoint: string): DockerError {
       `Docker engine unreachable (${e.code ?? e.name}${e.address ? ` at ${e.address}` : ''}): start the engine or check DOCKER_HOST`, undefined, { cause: err })
   }
   return new DockerError('engine_error', `Docker engine error on ${endpoint}: ${e.message}`, undefined, { cause: err })
+}
+
+/** A call the engine did not answer within DOCKER_CALL_TIMEOUT_MS. */
+export function deadlineError (endpoint: string, ms: number, cause: unknown): DockerError {
+  return new DockerError('engine_timeout',
+    `Docker engine did not answer ${endpoint} within ${ms} ms (DOCKER_CALL_TIMEOUT_MS): the engine is hung or overloaded; ` +
+    'check `docker info` and the engine\'s logs, or raise DOCKER_CALL_TIMEOUT_MS', undefined, { cause })
 }

@@ -9,6 +9,7 @@ import { posix } from 'node:path'
 import type { Readable } from 'node:stream'
 import { extract, pack } from 'tar-stream'
 import type { DockerEngine } from '../docker/engine.js'
+import { Redactor } from './redact.js'
 
 export const WORKSPACE_DIR = '/workspace'
 /** OpenCode keeps its sessions in $XDG_DATA_HOME/opencode: the service sets XDG_DATA_HOME to
@@ -121,17 +122,38 @@ export async function readFile (docker: DockerEngine, container: string, path: s
   const { abs, stat: s } = await resolve(docker, container, confine(path), 'path')
   if ((s.mode & DIR) !== 0) throw new WorkspaceError('not_a_file', `path "${path}" is a directory; list it with get_task_files`)
   if (s.size > maxSize) throw new WorkspaceError('too_large', `path "${path}" is ${s.size} bytes, over MAX_TASK_FILE_SIZE=${maxSize}; read it from the task's logs or ask the agent for a summary`)
+  const tooLarge = (size: number | string) => new WorkspaceError('too_large', `path "${path}" is ${size} bytes, over MAX_TASK_FILE_SIZE=${maxSize}; read it from the task's logs or ask the agent for a summary`)
   const tar = await docker.getArchive(container, abs)
   let data: Buffer | undefined
+  // the file may have grown since the stat: the read itself stops at maxSize
   await walk(tar, async (header, body) => {
+    if (header.type !== 'file') { body.resume(); return true }
+    if ((header.size ?? 0) > maxSize) throw tooLarge(header.size as number)
     const chunks: Buffer[] = []
-    for await (const c of body) chunks.push(c as Buffer)
-    if (header.type === 'file' && data === undefined) data = Buffer.concat(chunks)
-    return true
+    let size = 0
+    for await (const c of body) {
+      size += (c as Buffer).length
+      if (size > maxSize) throw tooLarge(`more than ${maxSize}`)
+      chunks.push(c as Buffer)
+    }
+    data = Buffer.concat(chunks)
+    return false
   })
   if (!data) throw new WorkspaceError('not_a_file', `path "${path}" is not a regular file`)
   const binary = data.subarray(0, 8192).includes(0)
   return { path: rel(abs), size: data.length, binary, encoding: binary ? 'base64' : 'utf8', content: data.toString(binary ? 'base64' : 'utf8') }
+}
+
+/**
+ * A file as read_task_file returns it, with secret values (RUNNER_ENV_PASSTHROUGH) replaced: text
+ * as text, binary content decoded, redacted as bytes and encoded again.
+ */
+export function redactFile<F extends { size: number, encoding: 'utf8' | 'base64', content: string }> (file: F, secrets: string[]): F {
+  const redactor = new Redactor(secrets)
+  if (!redactor.active) return file
+  if (file.encoding === 'utf8') return { ...file, content: redactor.text(file.content) }
+  const data = Buffer.concat([redactor.push(Buffer.from(file.content, 'base64')), redactor.end()])
+  return { ...file, content: data.toString('base64') }
 }
 
 /** Files to seed a workspace with, as a tar stream owned by the runner user. */

@@ -7,7 +7,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
@@ -17,6 +17,7 @@ import type { DockerEngine } from '../docker/engine.js'
 import { TurnCapture } from '../runner/capture.js'
 import { noOpencode, OPENCODE_NOT_FOUND, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
+import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
 import { followLog, readLogRange } from './output.js'
@@ -27,7 +28,8 @@ import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, t
 export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
 'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS' |
-'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS'>
+'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' |
+'TASK_RETENTION_MS'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
@@ -86,6 +88,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly modelsAllowed: Set<string>
   readonly workspaces: Workspaces
   private accepting = true
+  /** The reconcile that runs now, if one does. */
+  private reconciling?: Promise<number>
+  /** Tasks whose workspace a files/read call is reading through a helper, with how many calls. */
+  private readonly reading = new Map<string, number>()
   /** Aborted on close: monitors stop following; their tasks stay running in the store for recovery. */
   private readonly closing = new AbortController()
 
@@ -545,12 +551,26 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** Files of the task's workspace, during the run (its container) and after (a helper container). */
   async files (principal: string, id: string, path: string, limit: number) {
     const task = this.get(principal, id)
-    return this.workspaces.list(task, this.live.get(id)?.containerId, path, limit)
+    return this.whileReading(id, () => this.workspaces.list(task, this.live.get(id)?.containerId, path, limit))
   }
 
+  /** A workspace file, with the passed-through secrets redacted like every other output. */
   async readFile (principal: string, id: string, path: string) {
     const task = this.get(principal, id)
-    return this.workspaces.read(task, this.live.get(id)?.containerId, path)
+    const file = await this.whileReading(id, () => this.workspaces.read(task, this.live.get(id)?.containerId, path))
+    return redactFile(file, Object.values(this.runnerEnv))
+  }
+
+  /** Marks the task's workspace as being read (its helper container is not an orphan meanwhile). */
+  private async whileReading<T> (id: string, fn: () => Promise<T>): Promise<T> {
+    this.reading.set(id, (this.reading.get(id) ?? 0) + 1)
+    try {
+      return await fn()
+    } finally {
+      const n = (this.reading.get(id) ?? 1) - 1
+      if (n > 0) this.reading.set(id, n)
+      else this.reading.delete(id)
+    }
   }
 
   /**
@@ -684,14 +704,22 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   /**
    * Removes this owner's labelled containers that belong to no live task, once they are older than
-   * the grace period, and workspaces past their retention (or of no task).
+   * the grace period, workspaces past their retention (or of no task), and ended tasks past
+   * TASK_RETENTION_MS. One runs at a time: a call while one runs joins it.
    */
-  async reconcile (): Promise<number> {
+  reconcile (): Promise<number> {
+    this.reconciling ??= this.reconcileOnce().finally(() => { this.reconciling = undefined })
+    return this.reconciling
+  }
+
+  private async reconcileOnce (): Promise<number> {
+    this.retain()
     const containers = await this.docker.listContainers({ [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.store.owner })
     let removed = 0
     for (const c of containers) {
       const taskId = c.Labels[LABEL.task]
-      if (taskId && this.live.has(taskId) && c.Labels[LABEL.role] !== 'helper') continue
+      // a live task's containers, its helpers (clone, files, diff) included, are its own to remove
+      if (taskId && (this.live.has(taskId) || this.reading.has(taskId))) continue
       if (Date.now() - c.Created * 1000 < this.config.ORPHAN_GRACE_MS) continue
       const gone = await this.docker.removeContainer(c.Id, { force: true }).then(() => true, () => false)
       if (!gone) continue
@@ -704,6 +732,20 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.info({ taskId }, 'workspace removed after its retention period')
     })
     return removed
+  }
+
+  /**
+   * Retention: ended tasks finished more than TASK_RETENTION_MS ago are deleted with their events,
+   * idempotency keys and Letta outbox rows (the store) and their log file; expired idempotency keys
+   * are deleted too.
+   */
+  retain (now = Date.now()): number {
+    this.store.deleteExpiredKeys(now - this.config.IDEMPOTENCY_TTL_MS)
+    if (this.config.TASK_RETENTION_MS === 0) return 0
+    const ids = this.store.deleteEnded(now - this.config.TASK_RETENTION_MS)
+    for (const id of ids) rmSync(this.logPath(id), { force: true })
+    if (ids.length) this.log.info({ tasks: ids.length }, 'ended tasks deleted after TASK_RETENTION_MS')
+    return ids.length
   }
 
   /**

@@ -78,21 +78,54 @@ const MIGRATIONS: string[] = [
    CREATE INDEX letta_sync_due ON letta_sync (next_attempt_at);`,
   // the timeout clock across pauses and restarts: run time left, and when the current running stretch began (null: paused)
   `ALTER TABLE tasks ADD COLUMN remaining_ms INTEGER;
-   ALTER TABLE tasks ADD COLUMN resumed_at INTEGER;`
+   ALTER TABLE tasks ADD COLUMN resumed_at INTEGER;`,
+  // retention: ended tasks by end time, and the keys that cascade with a task or expire; the large
+  // columns (output, seed, diff) move to a table of their own, read by one task's view only (a row
+  // of tasks stays small, so a list or a count never reads through their overflow pages)
+  `CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+   CREATE INDEX idempotency_keys_task ON idempotency_keys (task_id);
+   CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+   CREATE TABLE task_content (
+     task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+     output TEXT,
+     seed TEXT,
+     diff TEXT
+   );
+   INSERT INTO task_content (task_id, output, seed, diff) SELECT id, output, seed, diff FROM tasks
+     WHERE output IS NOT NULL OR seed IS NOT NULL OR diff IS NOT NULL;
+   ALTER TABLE tasks ADD COLUMN has_diff INTEGER NOT NULL DEFAULT 0;
+   UPDATE tasks SET has_diff = 1 WHERE diff IS NOT NULL;
+   ALTER TABLE tasks DROP COLUMN output;
+   ALTER TABLE tasks DROP COLUMN seed;
+   ALTER TABLE tasks DROP COLUMN diff;`
 ]
+
+/** The large columns of a task, kept in task_content. */
+const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
 const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */
-const SELECT_TASK = `SELECT t.*, l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
-  l.agent_id AS letta_agent_id FROM tasks t LEFT JOIN letta_sync l ON l.task_id = t.id`
+const LETTA_COLUMNS = `l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
+  l.agent_id AS letta_agent_id`
+const SELECT_TASK = `SELECT t.*, c.output, c.seed, c.diff, ${LETTA_COLUMNS} FROM tasks t LEFT JOIN task_content c ON c.task_id = t.id
+  LEFT JOIN letta_sync l ON l.task_id = t.id`
+/**
+ * What a list shows: the large columns are left out; `output` and `seed` are null and `diff` is ''
+ * when there is one (has_diff stays true). One task's view (get) reads them.
+ */
+const SELECT_LISTED = `SELECT t.*, NULL AS output, NULL AS seed, CASE WHEN t.has_diff = 1 THEN '' END AS diff, ${LETTA_COLUMNS}
+  FROM tasks t LEFT JOIN letta_sync l ON l.task_id = t.id`
+
+/** Rows deleted per transaction by retention (a long backlog is worked off over several runs). */
+const RETENTION_BATCH = 1_000
 
 type Row = Record<string, unknown>
 function toRecord (r: Row | undefined): TaskRecord | undefined {
   if (!r) return undefined
-  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, ...rest } = r
+  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, has_diff: _hasDiff, ...rest } = r
   const out: Row = { ...rest, letta: agent ? { block_id: blockId ?? null, attached: attached === 1, notified: notify === 'sent', error: error ?? null } : null }
   for (const k of JSON_COLUMNS) out[k] = typeof r[k] === 'string' ? JSON.parse(r[k]) : r[k] ?? null
   for (const k of BOOL_COLUMNS) out[k] = r[k] === 1
@@ -101,6 +134,18 @@ function toRecord (r: Row | undefined): TaskRecord | undefined {
 function toRow (fields: Record<string, unknown>): Row {
   return Object.fromEntries(Object.entries(fields).map(([k, v]) => [k,
     typeof v === 'boolean' ? (v ? 1 : 0) : (JSON_COLUMNS as readonly string[]).includes(k) && v !== null && v !== undefined ? JSON.stringify(v) : v]))
+}
+
+/** A row's small columns (table tasks, with has_diff) apart from its large ones (task_content). */
+function split (fields: Row): { row: Row, content: Row } {
+  const row: Row = {}
+  const content: Row = {}
+  for (const [k, v] of Object.entries(fields)) {
+    if ((CONTENT_COLUMNS as readonly string[]).includes(k)) content[k] = v ?? null
+    else row[k] = v
+  }
+  if ('diff' in content) row.has_diff = content.diff === null ? 0 : 1
+  return { row, content }
 }
 
 export interface LettaSyncRow {
@@ -156,9 +201,22 @@ export class TaskStore {
   }
 
   insert (task: TaskRecord): void {
-    const row = toRow(task as unknown as Record<string, unknown>)
+    const { row, content } = split(toRow(task as unknown as Record<string, unknown>))
     const keys = Object.keys(row)
-    this.db.prepare(`INSERT INTO tasks (${keys.join(', ')}) VALUES (${keys.map((k) => `@${k}`).join(', ')})`).run(row)
+    this.db.transaction(() => {
+      this.db.prepare(`INSERT INTO tasks (${keys.join(', ')}) VALUES (${keys.map((k) => `@${k}`).join(', ')})`).run(row)
+      this.writeContent(task.id, content)
+    })()
+  }
+
+  /** Upserts the given large columns of a task. */
+  private writeContent (id: string, content: Row): void {
+    const all = Object.keys(content)
+    if (all.length === 0) return
+    // nothing to store for a task that has no content yet
+    if (all.every((k) => content[k] === null) && !this.db.prepare('SELECT 1 FROM task_content WHERE task_id = ?').get(id)) return
+    this.db.prepare(`INSERT INTO task_content (task_id, ${all.join(', ')}) VALUES (@task_id, ${all.map((k) => `@${k}`).join(', ')})
+      ON CONFLICT (task_id) DO UPDATE SET ${all.map((k) => `${k} = excluded.${k}`).join(', ')}`).run({ ...content, task_id: id })
   }
 
   get (id: string): TaskRecord | undefined {
@@ -166,9 +224,14 @@ export class TaskStore {
   }
 
   update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
-    const keys = Object.keys(fields)
-    if (keys.length === 0) return
-    this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...toRow(fields), id })
+    const { row, content } = split(toRow(fields))
+    const keys = Object.keys(row)
+    const write = () => {
+      if (keys.length) this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...row, id })
+      this.writeContent(id, content)
+    }
+    if (Object.keys(content).length) this.db.transaction(write)()
+    else write()
   }
 
   list (f: ListFilter): { tasks: TaskRecord[], total: number } {
@@ -176,9 +239,29 @@ export class TaskStore {
     if (f.status) where.push('t.status = @status')
     if (f.agent_id) where.push('t.agent_id = @agent_id')
     const clause = where.join(' AND ')
-    const rows = this.db.prepare(`${SELECT_TASK} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
+    const rows = this.db.prepare(`${SELECT_LISTED} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
     const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`).get(f) as { n: number }
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
+  }
+
+  /**
+   * Retention: ended tasks that finished at or before `before` are deleted, with their events,
+   * idempotency keys and Letta outbox rows (ON DELETE CASCADE); at most `limit` per call. Returns
+   * the deleted ids (their log files are the caller's).
+   */
+  deleteEnded (before: number, limit = RETENTION_BATCH): string[] {
+    return this.db.transaction(() => {
+      const ids = (this.db.prepare(`SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?
+        AND status IN ('completed', 'failed', 'timeout', 'cancelled') ORDER BY finished_at LIMIT ?`).all(before, limit) as Array<{ id: string }>).map((r) => r.id)
+      const del = this.db.prepare('DELETE FROM tasks WHERE id = ?')
+      for (const id of ids) del.run(id)
+      return ids
+    })()
+  }
+
+  /** Idempotency keys created at or before `before` (past IDEMPOTENCY_TTL_MS): they name no task any more. */
+  deleteExpiredKeys (before: number): number {
+    return this.db.prepare('DELETE FROM idempotency_keys WHERE created_at <= ?').run(before).changes
   }
 
   /** How many tasks are in each state (metrics). */
