@@ -138,7 +138,9 @@ t.test('file tools stay inside the workspace', async (t) => {
   for (const [path, code, message] of [
     ['../etc/passwd', 'invalid', /contains "\.\."/],
     ['docs/../../etc/passwd', 'invalid', /contains "\.\."/],
-    ['/etc/passwd', 'invalid', /is absolute/],
+    // a leading "/" is the workspace root (the original contract): the workspace has no etc/passwd
+    ['/etc/passwd', 'not_found', /does not exist/],
+    ['/../etc/passwd', 'invalid', /contains "\.\."/],
     ['passwd-link', 'invalid', /symlink to \/etc\/passwd, outside the workspace/],
     ['etc-link/passwd', 'invalid', /symlink to \/etc, outside the workspace/],
     ['missing.txt', 'not_found', /does not exist/],

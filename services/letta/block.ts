@@ -6,6 +6,7 @@
  */
 import type { TaskEvent, TaskRecord } from '../tasks/types.js'
 import { TERMINAL } from '../tasks/types.js'
+import { eventSummary } from '../tasks/view.js'
 
 export const blockLabel = (taskId: string) => `opencode_workspace_${taskId}`
 
@@ -22,15 +23,8 @@ const iso = (ms: number) => new Date(ms).toISOString()
 
 /** A history event as one short line for the block (the full event stays in get_task_history). */
 export function blockEvent (e: TaskEvent): BlockEvent | null {
-  const d = e.data
-  const summary = e.type === 'tool_use'
-    ? `${d.tool} ${d.file ?? d.command ?? d.title ?? ''}`.trim()
-    : e.type === 'text'
-      ? String(d.text ?? '')
-      : e.type === 'step_start' || e.type === 'step_finish' || e.type === 'events_dropped'
-        ? null
-        : [e.type, d.reason, d.error, d.message].filter(Boolean).join(': ')
-  if (summary === null) return null
+  if (e.type === 'step_start' || e.type === 'step_finish' || e.type === 'events_dropped') return null
+  const summary = eventSummary(e)
   return { at: iso(e.at), type: e.type, summary: summary.length > 300 ? summary.slice(0, 300) + '…' : summary }
 }
 

@@ -5,9 +5,9 @@ import type { CallToolResult, ServerNotification, ServerRequest } from '@modelco
 import * as z from 'zod'
 import type { JSONSchema } from 'zod/v4/core'
 import { DockerError } from '../docker/errors.js'
-import type { TaskEngine } from '../tasks/engine.js'
+import { MESSAGE_TYPES, type TaskEngine } from '../tasks/engine.js'
 import { TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
-import { eventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
+import { eventView, RecentEventSchema, recentEventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
 import { AGENT_ID_PATTERN } from '../security.js'
 import { callerOf, jsonResult, toolError } from './server.js'
 
@@ -21,6 +21,7 @@ export interface TaskToolDeps {
 const fromTypeBox = (schema: object) => z.fromJSONSchema(schema as JSONSchema.JSONSchema)
 const TaskViewOutput = fromTypeBox(TaskViewSchema) as z.ZodObject
 const TaskEventOutput = fromTypeBox(TaskEventSchema)
+const RecentEventOutput = fromTypeBox(RecentEventSchema)
 const TaskViewShape = TaskViewOutput.shape
 
 function fromError (err: unknown): CallToolResult {
@@ -35,6 +36,11 @@ const MAX_OFFSET = 1_000_000_000
 const MAX_LOG_OFFSET = 2 ** 40
 
 const taskId = z.string().min(1).max(100).describe('The task id returned by opencode_execute_task')
+
+/** The original contract's workspace paths: a leading "/" is the workspace root ("/" itself, "/src/x.ts" is src/x.ts). */
+const workspacePath = (path: string) => path.replace(/^\/+/, '')
+/** events_limit=-1 ("all") returns at most this many events; page on with events_offset. */
+const EVENTS_ALL_CAP = 10_000
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>
 
@@ -76,22 +82,47 @@ const OpencodeExecuteTaskInput = z.object({
   files: z.array(z.object({
     path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
     content: z.string().describe('UTF-8 content')
-  })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)')
+  })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)'),
+  observers: z.array(z.string().min(1).max(200)).max(20).optional().describe('Who else follows the task (at most 20 names): recorded in the task\'s history and status; nothing is sent to them')
 })
-const OpencodeExecuteTaskOutput = z.object({ ...TaskViewShape, existing: z.boolean(), hint: z.string().optional() })
+const OpencodeExecuteTaskOutput = z.object({
+  ...TaskViewShape,
+  existing: z.boolean(),
+  hint: z.string().optional(),
+  message: z.string().optional().describe('While the task has not ended: what to do next')
+})
 const GetTaskStatusInput = z.object({ task_id: taskId })
+const GetTaskStatusOutput = z.object({ ...TaskViewShape, recent_events: z.array(RecentEventOutput).describe('The last 5 events, oldest first') })
 const GetTaskHistoryInput = z.object({
   task_id: taskId,
   after: z.number().int().min(0).max(MAX_OFFSET).optional().describe('Return events after this sequence number (default 0)'),
-  limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100)')
+  limit: z.number().int().min(1).max(500).optional().describe('At most this many events (default 100); preferred over events_limit'),
+  events_limit: z.number().int().min(-1).max(MAX_OFFSET).optional().describe(`Older name of limit: at most this many events (default 100); -1 = all, up to ${EVENTS_ALL_CAP} (larger values count as ${EVENTS_ALL_CAP})`),
+  events_offset: z.number().int().min(0).max(MAX_OFFSET).optional().describe('Skip this many events first (default 0)'),
+  include_artifacts: z.boolean().optional().describe('Also return artifacts: the files the agent changed, and whether get_task_diff has a diff')
 })
 const GetTaskHistoryOutput = z.object({
   task_id: z.string(),
   status: z.enum(TASK_STATUSES),
   events: z.array(TaskEventOutput),
-  next_after: z.number().nullable()
+  next_after: z.number().nullable(),
+  events_total: z.number().describe('Events after `after` (all of them by default)'),
+  events_returned: z.number(),
+  events_offset: z.number(),
+  has_more_events: z.boolean(),
+  artifacts: z.array(z.object({
+    type: z.enum(['file', 'diff']),
+    name: z.string(),
+    path: z.string().nullable(),
+    timestamp: z.number().nullable().describe('When the task ended (ms since the epoch)'),
+    hint: z.string().optional()
+  })).optional()
 })
-const SendTaskControlInput = z.object({ task_id: taskId, control: z.enum(['cancel', 'pause', 'resume']) })
+const SendTaskControlInput = z.object({
+  task_id: taskId,
+  control: z.enum(['cancel', 'pause', 'resume']),
+  reason: z.string().max(2_000).optional().describe('Why: kept in the task\'s history')
+})
 const ListTasksInput = z.object({
   status: z.enum(TASK_STATUSES).optional(),
   agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
@@ -113,21 +144,45 @@ const GetTaskLogsOutput = z.object({
   eof: z.boolean().describe('True when the task has ended and everything was read'),
   data: z.string()
 })
-const SendTaskMessageInput = z.object({ task_id: taskId, message: z.string().min(1).max(100_000).describe('What the agent should do next') })
-const SendTaskMessageOutput = z.object({ ...TaskViewShape, delivery: z.enum(['queued_for_next_turn', 'follow_up_started']) })
+const SendTaskMessageInput = z.object({
+  task_id: taskId,
+  message: z.string().min(1).max(100_000).describe('What the agent should do next'),
+  message_type: z.enum(MESSAGE_TYPES).optional().describe('The kind of message (default update); any other type reaches the agent as a "[type] " prefix of the message'),
+  metadata: z.record(z.string(), z.unknown()).optional().describe('Your own data about the message (at most 10 KB as JSON): kept in the task\'s history, not sent to the agent')
+})
+const SendTaskMessageOutput = z.object({
+  ...TaskViewShape,
+  delivery: z.enum(['queued_for_next_turn', 'follow_up_started']),
+  message_id: z.string(),
+  message_type: z.enum(MESSAGE_TYPES),
+  timestamp: z.number().describe('When the message was accepted (ms since the epoch)')
+})
 const GetTaskFilesInput = z.object({
   task_id: taskId,
-  path: z.string().max(1_000).optional().describe('A directory relative to the workspace (default: its root)'),
+  path: z.string().max(1_000).optional().describe('A directory relative to the workspace; "/" or empty is its root (default)'),
   limit: z.number().int().min(1).max(5_000).optional().describe('At most this many entries (default 1000)')
 })
 const GetTaskFilesOutput = z.object({
   task_id: z.string(),
   path: z.string(),
   entries: z.array(z.object({ path: z.string(), type: z.enum(['file', 'directory', 'symlink']), size: z.number(), modified: z.string(), link_target: z.string().optional() })),
+  files: z.array(z.string()).describe('The paths of the files and symlinks among entries (directories left out)'),
   truncated: z.boolean()
 })
-const ReadTaskFileInput = z.object({ task_id: taskId, path: z.string().min(1).max(1_000).describe('A file path relative to the workspace') })
-const ReadTaskFileOutput = z.object({ task_id: z.string(), path: z.string(), size: z.number(), binary: z.boolean(), encoding: z.enum(['utf8', 'base64']), content: z.string() })
+const ReadTaskFileInput = z.object({
+  task_id: taskId,
+  path: z.string().min(1).max(1_000).optional().describe('The file, relative to the workspace (preferred name)'),
+  file_path: z.string().min(1).max(1_000).optional().describe('Older name of path: give one of the two')
+})
+const ReadTaskFileOutput = z.object({
+  task_id: z.string(),
+  path: z.string(),
+  file_path: z.string().describe('The path as given (path or file_path)'),
+  size: z.number(),
+  binary: z.boolean(),
+  encoding: z.enum(['utf8', 'base64']),
+  content: z.string()
+})
 const GetTaskDiffInput = z.object({ task_id: taskId })
 const GetTaskDiffOutput = z.object({ task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() })
 
@@ -138,7 +193,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Run a development task with OpenCode',
     description: 'Runs a development task in an isolated, resource-limited container. With sync=true waits for the result ' +
       `(at most ${Math.round(deps.syncWaitMs / 1000)} s, then returns the task id with status running); otherwise returns the task id at once. ` +
-      'Follow it with get_task_status / get_task_history.',
+      'Follow it with get_task_status / get_task_history. observers are recorded only.',
     inputSchema: OpencodeExecuteTaskInput,
     outputSchema: OpencodeExecuteTaskOutput
   }, async (args, extra) => {
@@ -159,20 +214,21 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     const view = { ...taskView(task), existing: submitted.existing }
     if (!TERMINAL.has(task.status)) {
-      return jsonResult({ ...view, hint: `The task continues in the background: call get_task_status with task_id "${task.id}" to follow it.` })
+      const follow = `call get_task_status with task_id "${task.id}" to follow it.`
+      return jsonResult({ ...view, hint: `The task continues in the background: ${follow}`, message: `Task ${task.status}: ${follow}` })
     }
     return jsonResult(view)
   })
 
   server.registerTool('get_task_status', {
     title: 'Task status',
-    description: 'The current state of a task, with its result when it has ended.',
+    description: 'The current state of a task, with its result when it has ended, and its last 5 events (recent_events).',
     inputSchema: GetTaskStatusInput,
-    outputSchema: TaskViewOutput,
+    outputSchema: GetTaskStatusOutput,
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
     try {
-      return jsonResult(taskView(tasks.get(principal, id)))
+      return jsonResult({ ...taskView(tasks.get(principal, id)), recent_events: tasks.recentEvents(principal, id, 5).map(recentEventView) })
     } catch (err) {
       return fromError(err)
     }
@@ -180,19 +236,37 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('get_task_history', {
     title: 'Task history',
-    description: 'The events of a task in order (queued, started, output, ended…), paged by sequence number.',
+    description: 'The events of a task in order (queued, started, output, ended…), each with a one-line message, paged by sequence ' +
+      'number (after, limit, next_after: preferred) or by position (events_offset, events_limit: older names; -1 = all, ' +
+      `at most ${EVENTS_ALL_CAP}). include_artifacts=true adds the files the agent changed.`,
     inputSchema: GetTaskHistoryInput,
     outputSchema: GetTaskHistoryOutput,
     annotations: { readOnlyHint: true }
-  }, async ({ task_id: id, after, limit }) => {
+  }, async ({ task_id: id, after, limit, events_limit: eventsLimit, events_offset: offset = 0, include_artifacts: withArtifacts }) => {
+    if (limit !== undefined && eventsLimit !== undefined) {
+      return toolError('Give limit (preferred) or events_limit (older name), not both', { code: 'invalid' })
+    }
     try {
-      const pageSize = limit ?? 100
-      const { task, events } = tasks.history(principal, id, after ?? 0, pageSize)
+      const pageSize = limit ?? (eventsLimit === undefined ? 100 : eventsLimit === -1 ? EVENTS_ALL_CAP : Math.min(eventsLimit, EVENTS_ALL_CAP))
+      const { task, events, total } = tasks.history(principal, id, after ?? 0, pageSize, offset)
+      const ended = task.finished_at
       return jsonResult({
         task_id: task.id,
         status: task.status,
         events: events.map(eventView),
-        next_after: events.length === pageSize ? events[events.length - 1].seq : null
+        next_after: events.length === pageSize && pageSize > 0 ? events[events.length - 1].seq : null,
+        events_total: total,
+        events_returned: events.length,
+        events_offset: offset,
+        has_more_events: offset + events.length < total,
+        ...(withArtifacts
+          ? {
+              artifacts: [
+                ...(task.result?.files_changed ?? []).map((path) => ({ type: 'file' as const, name: path, path, timestamp: ended, hint: 'read it with read_task_file' })),
+                ...(task.diff !== null ? [{ type: 'diff' as const, name: 'workspace diff', path: null, timestamp: ended, hint: 'get it with get_task_diff' }] : [])
+              ]
+            }
+          : {})
       })
     } catch (err) {
       return fromError(err)
@@ -201,12 +275,13 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('send_task_control', {
     title: 'Control a task',
-    description: 'cancel a queued or running task (its container is stopped), or pause / resume a running one (the timeout clock stops while paused).',
+    description: 'cancel a queued or running task (its container is stopped), or pause / resume a running one (the timeout clock stops while paused). ' +
+      'An optional reason is kept in the task\'s history.',
     inputSchema: SendTaskControlInput,
     outputSchema: TaskViewOutput
-  }, async ({ task_id: id, control }) => {
+  }, async ({ task_id: id, control, reason }) => {
     try {
-      return jsonResult(taskView(await tasks.control(principal, id, control)))
+      return jsonResult(taskView(await tasks.control(principal, id, control, reason)))
     } catch (err) {
       return fromError(err)
     }
@@ -243,13 +318,15 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
   server.registerTool('send_task_message', {
     title: 'Send a follow-up message to a task',
     description: 'Continues the task\'s OpenCode session in the same workspace: to a running task the message is queued and ' +
-      'becomes the next turn when the current one ends; to an ended task it starts a follow-up turn. The reply says which happened.',
+      'becomes the next turn when the current one ends; to an ended task it starts a follow-up turn. The reply says which happened. ' +
+      'message_type (default update) tells the agent what kind of message it is: any other type reaches it as a "[type] " prefix ' +
+      '(e.g. "[feedback] …"); metadata is kept in the history only.',
     inputSchema: SendTaskMessageInput,
     outputSchema: SendTaskMessageOutput
-  }, async ({ task_id: id, message }) => {
+  }, async ({ task_id: id, message, message_type: type = 'update', metadata }) => {
     try {
-      const { task, delivery } = tasks.message(principal, id, message)
-      return jsonResult({ ...taskView(task), delivery })
+      const { task, delivery, message_id: messageId, timestamp } = tasks.message(principal, id, message, { type, metadata })
+      return jsonResult({ ...taskView(task), delivery, message_id: messageId, message_type: type, timestamp })
     } catch (err) {
       return fromError(err)
     }
@@ -257,14 +334,16 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('get_task_files', {
     title: 'List workspace files',
-    description: 'Lists the files of a task\'s workspace (recursively), during the run and after it, until WORKSPACE_RETENTION_MS.',
+    description: 'Lists the files of a task\'s workspace (recursively), during the run and after it, until WORKSPACE_RETENTION_MS. ' +
+      'path is relative to the workspace, where "/" is its root (the default); entries has the details, files just the file paths.',
     inputSchema: GetTaskFilesInput,
     outputSchema: GetTaskFilesOutput,
     annotations: { readOnlyHint: true }
-  }, async ({ task_id: id, path = '', limit = 1_000 }) => {
+  }, async ({ task_id: id, path: given = '', limit = 1_000 }) => {
+    const path = workspacePath(given)
     try {
       const { entries, truncated } = await tasks.files(principal, id, path, limit)
-      return jsonResult({ task_id: id, path: path || '.', entries, truncated })
+      return jsonResult({ task_id: id, path: path || '.', entries, files: entries.filter((e) => e.type !== 'directory').map((e) => e.path), truncated })
     } catch (err) {
       return fromError(err)
     }
@@ -272,14 +351,20 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('read_task_file', {
     title: 'Read a workspace file',
-    description: 'Reads one file of a task\'s workspace: text as UTF-8, binary files as base64. Paths are relative to the workspace; ' +
-      'absolute paths, ".." and symlinks leading outside are refused. At most MAX_TASK_FILE_SIZE bytes.',
+    description: 'Reads one file of a task\'s workspace: text as UTF-8, binary files as base64. Give path (preferred) or file_path ' +
+      '(older name), relative to the workspace, where a leading "/" is the workspace root; ".." and symlinks leading outside are refused. ' +
+      'At most MAX_TASK_FILE_SIZE bytes.',
     inputSchema: ReadTaskFileInput,
     outputSchema: ReadTaskFileOutput,
     annotations: { readOnlyHint: true }
-  }, async ({ task_id: id, path }) => {
+  }, async ({ task_id: id, path, file_path: filePath }) => {
+    const given = path ?? filePath
+    if (given === undefined) return toolError('read_task_file needs path (preferred) or file_path (older name): the file to read, relative to the workspace, such as src/index.ts', { code: 'invalid' })
+    if (path !== undefined && filePath !== undefined && path !== filePath) {
+      return toolError(`path "${path}" and file_path "${filePath}" differ: give one of them (path is preferred)`, { code: 'invalid' })
+    }
     try {
-      return jsonResult({ task_id: id, ...await tasks.readFile(principal, id, path) })
+      return jsonResult({ task_id: id, ...await tasks.readFile(principal, id, workspacePath(given)), file_path: given })
     } catch (err) {
       return fromError(err)
     }

@@ -41,7 +41,15 @@ export interface SubmitArgs {
   model?: string
   repository?: { url: string, branch?: string }
   files?: Array<{ path: string, content: string }>
+  /** The original contract's observers: recorded in the queued event and the task view. */
+  observers?: string[]
 }
+
+/** The kinds of follow-up message of the original tool contract; any but `update` reaches the agent as a `[type] ` prefix. */
+export const MESSAGE_TYPES = ['update', 'feedback', 'context_change', 'requirement_change', 'priority_change', 'clarification', 'correction', 'guidance', 'approval'] as const
+export type MessageType = typeof MESSAGE_TYPES[number]
+export interface MessageOptions { type?: MessageType, metadata?: Record<string, unknown> }
+const METADATA_LIMIT = 10 * 1024
 export interface Caller { principal: string, agentId?: string }
 
 /** What the engine tells its listeners (metrics, Letta, progress): each after the change is in the store. */
@@ -197,6 +205,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       result: null,
       turns: 0,
       pending: [],
+      observers: args.observers ?? [],
       repository,
       seed,
       diff: null,
@@ -219,7 +228,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       task = create()
       this.store.insert(task)
     }
-    this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms, model: task.model })
+    this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms, model: task.model, ...(task.observers.length ? { observers: task.observers } : {}) })
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
     this.schedule(task)
@@ -523,9 +532,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return task
   }
 
-  history (principal: string, id: string, after = 0, limit = 100): { task: TaskRecord, events: TaskEvent[] } {
+  /** Events after sequence number `after`, skipping `offset` of them; `total` counts all after `after`. */
+  history (principal: string, id: string, after = 0, limit = 100, offset = 0): { task: TaskRecord, events: TaskEvent[], total: number } {
     const task = this.get(principal, id)
-    return { task, events: this.store.events(id, after, limit) }
+    return { task, events: this.store.events(id, after, limit, 'asc', offset), total: this.store.eventCount(id, after) }
+  }
+
+  /** The task's last `n` events, oldest first. */
+  recentEvents (principal: string, id: string, n: number): TaskEvent[] {
+    this.get(principal, id)
+    return this.store.events(id, 0, n, 'desc').reverse()
   }
 
   list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number }) {
@@ -576,27 +592,33 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /**
    * A follow-up message: to a running (or queued) task it waits for the current turn to end and
    * becomes the next turn; to an ended task it starts a follow-up turn in the same workspace and
-   * OpenCode session.
+   * OpenCode session. A `type` other than `update` is given to the agent as a `[type] ` prefix of
+   * the turn's prompt; type and metadata are kept in the `message_queued` event.
    */
-  message (principal: string, id: string, text: string): { task: TaskRecord, delivery: 'queued_for_next_turn' | 'follow_up_started' } {
+  message (principal: string, id: string, text: string, opts: MessageOptions = {}): { task: TaskRecord, delivery: 'queued_for_next_turn' | 'follow_up_started', message_id: string, timestamp: number } {
     if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new turns; send the message again after the restart')
     const message = text.trim()
     if (!message) throw new TaskError('invalid', 'message is empty: say what the agent should do next')
+    const type = opts.type ?? 'update'
+    const metadataSize = opts.metadata ? Buffer.byteLength(JSON.stringify(opts.metadata)) : 0
+    if (metadataSize > METADATA_LIMIT) throw new TaskError('invalid', `metadata is ${metadataSize} bytes as JSON, over the limit of ${METADATA_LIMIT}; send less metadata (put long text in the message)`)
+    const prompt = type === 'update' ? message : `[${type}] ${message}`
+    const note = { message, message_type: type, ...(opts.metadata ? { metadata: opts.metadata } : {}), message_id: `msg_${randomUUID()}` }
     const task = this.get(principal, id)
     if (task.status === 'cancelled') throw new TaskError('conflict', `Task ${id} was cancelled; submit a new task instead`)
     if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${id}'s workspace was removed after WORKSPACE_RETENTION_MS; submit a new task instead`)
     if (!TERMINAL.has(task.status)) {
-      this.store.update(id, { pending: [...task.pending, message] })
-      this.store.addEvent(id, 'message_queued', { message, position: task.pending.length + 1 })
-      return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn' }
+      this.store.update(id, { pending: [...task.pending, prompt] })
+      const event = this.store.addEvent(id, 'message_queued', { ...note, position: task.pending.length + 1 })
+      return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn', message_id: note.message_id, timestamp: event.at }
     }
     if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
     if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) throw this.queueFull()
-    this.store.update(id, { status: 'queued', pending: [message], finished_at: null, exit_code: null, reason: null, error: null })
-    this.store.addEvent(id, 'message_queued', { message, position: 1 })
+    this.store.update(id, { status: 'queued', pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
+    const event = this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
     const queued = this.store.get(id) as TaskRecord
     this.schedule(queued)
-    return { task: queued, delivery: 'follow_up_started' }
+    return { task: queued, delivery: 'follow_up_started', message_id: note.message_id, timestamp: event.at }
   }
 
   /** Resolves with the task once it has ended, or with its current state after `ms`. */
@@ -613,12 +635,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
   }
 
-  async control (principal: string, id: string, action: 'cancel' | 'pause' | 'resume'): Promise<TaskRecord> {
+  /** `reason` (the caller's words, optional) is kept in the event of the control. */
+  async control (principal: string, id: string, action: 'cancel' | 'pause' | 'resume', reason?: string): Promise<TaskRecord> {
     const task = this.get(principal, id)
+    const why = reason ? { reason } : {}
     if (TERMINAL.has(task.status)) throw new TaskError('conflict', `Task ${id} already ended (${task.status}); nothing to ${action}`)
     const live = this.live.get(id)
     if (action === 'cancel') {
-      this.store.addEvent(id, 'cancel_requested', {})
+      this.store.addEvent(id, 'cancel_requested', why)
       if (task.status === 'queued' && this.semaphore.withdraw(id, new Error('cancelled'))) {
         await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled while queued' })
       } else if (live) {
@@ -648,7 +672,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.armIdle(id, live)
       this.store.update(id, { status: 'running', remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     }
-    this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs })
+    this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs, ...why })
     this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
     return this.store.get(id) as TaskRecord
   }

@@ -97,14 +97,16 @@ const MIGRATIONS: string[] = [
    UPDATE tasks SET has_diff = 1 WHERE diff IS NOT NULL;
    ALTER TABLE tasks DROP COLUMN output;
    ALTER TABLE tasks DROP COLUMN seed;
-   ALTER TABLE tasks DROP COLUMN diff;`
+   ALTER TABLE tasks DROP COLUMN diff;`,
+  // the original tool contract: observers of a task
+  "ALTER TABLE tasks ADD COLUMN observers TEXT NOT NULL DEFAULT '[]';"
 ]
 
 /** The large columns of a task, kept in task_content. */
 const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
-const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed'] as const
+const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */
@@ -338,10 +340,15 @@ export class TaskStore {
     return { seq, at, type, data }
   }
 
-  /** Events after `afterSeq`, oldest first; with `desc`, the newest first. */
-  events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc'): TaskEvent[] {
-    const rows = this.db.prepare(`SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq ${order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`).all(taskId, afterSeq, limit) as Array<{ seq: number, at: number, type: string, data: string }>
+  /** Events after `afterSeq`, oldest first (skipping `offset` of them); with `desc`, the newest first. */
+  events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc', offset = 0): TaskEvent[] {
+    const rows = this.db.prepare(`SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq ${order === 'desc' ? 'DESC' : 'ASC'} LIMIT ? OFFSET ?`).all(taskId, afterSeq, limit, offset) as Array<{ seq: number, at: number, type: string, data: string }>
     return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }))
+  }
+
+  /** How many events a task has after `afterSeq`. */
+  eventCount (taskId: string, afterSeq = 0): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM task_events WHERE task_id = ? AND seq > ?').get(taskId, afterSeq) as { n: number }).n
   }
 
   /**

@@ -34,6 +34,8 @@ export interface TaskRecord {
   turns: number
   /** Follow-up messages waiting for the next turn. */
   pending: string[]
+  /** Who else follows the task (the original contract's `observers`): recorded, shown in the view. */
+  observers: string[]
   repository: { url: string, branch: string | null } | null
   seed: Array<{ path: string, content: string }> | null
   diff: string | null

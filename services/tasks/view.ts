@@ -35,6 +35,8 @@ export const TaskViewSchema = Type.Object({
   pending_messages: Type.Integer({ description: 'Follow-up messages waiting for the next turn' }),
   has_diff: Type.Boolean({ description: 'True when the workspace is a git repository and get_task_diff has its changes' }),
   workspace_available: Type.Boolean({ description: 'False once the workspace was removed after WORKSPACE_RETENTION_MS' }),
+  observers: Type.Array(Type.String(), { description: 'The observers given at submit (recorded; nothing is sent to them)' }),
+  workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
     block_label: Type.String({ description: 'opencode_workspace_<task_id>' }),
@@ -51,8 +53,13 @@ export const TaskEventSchema = Type.Object({
   seq: Type.Integer(),
   at: Type.String({ format: 'date-time' }),
   type: Type.String(),
-  data: Type.Record(Type.String(), Type.Unknown())
+  data: Type.Record(Type.String(), Type.Unknown()),
+  timestamp: Type.Integer({ description: 'When, in milliseconds since the epoch (the original contract\'s field; `at` is the same as ISO 8601)' }),
+  message: Type.String({ description: 'The event as one human-readable line' })
 })
+
+/** An event as the original tool contract gave it: `{timestamp, type, message}`. */
+export const RecentEventSchema = Type.Object({ timestamp: Type.Integer(), type: Type.String(), message: Type.String() })
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
 
@@ -83,8 +90,28 @@ export function taskView (t: TaskRecord): TaskView {
     pending_messages: t.pending.length,
     has_diff: t.diff !== null,
     workspace_available: t.turns > 0 && t.workspace_removed_at === null,
+    observers: t.observers ?? [],
+    workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
 }
 
-export const eventView = (e: TaskEvent): Static<typeof TaskEventSchema> => ({ seq: e.seq, at: new Date(e.at).toISOString(), type: e.type, data: e.data })
+/** What an event says, in words: the tool and its file or command, the agent's text, else the type and its reason, error or message. */
+export function eventSummary (e: TaskEvent): string {
+  const d = e.data
+  if (e.type === 'tool_use') return `${d.tool} ${d.file ?? d.command ?? d.title ?? ''}`.trim()
+  if (e.type === 'text') return String(d.text ?? '')
+  if (e.type === 'step_start') return `step ${d.step ?? ''}`.trim()
+  if (e.type === 'events_dropped') return `events_dropped: ${d.dropped} agent events of this turn were not stored`
+  if (e.type === 'message_queued' && d.message_type) return `message_queued (${d.message_type}): ${d.message}`
+  return [e.type, d.reason, d.error, d.message].filter(Boolean).join(': ')
+}
+
+/** The summary as one line of at most 300 characters. */
+const oneLine = (s: string) => { const line = s.replace(/\s+/g, ' ').trim(); return line.length > 300 ? line.slice(0, 300) + '…' : line }
+
+export const eventView = (e: TaskEvent): Static<typeof TaskEventSchema> => ({
+  seq: e.seq, at: new Date(e.at).toISOString(), type: e.type, data: e.data, timestamp: e.at, message: oneLine(eventSummary(e))
+})
+
+export const recentEventView = (e: TaskEvent): Static<typeof RecentEventSchema> => ({ timestamp: e.at, type: e.type, message: oneLine(eventSummary(e)) })
