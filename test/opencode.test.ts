@@ -101,6 +101,14 @@ t.test('OpenCode writes and edits a file: files, history, progress, tokens, answ
   t.ok(progress.some((m) => m === 'write hello.txt') && progress.some((m) => m === 'edit hello.txt'), `progress names the tool uses (${progress.join(' | ')})`)
 })
 
+t.test('the runner image is checked: /health reports its OpenCode version and stays healthy', async (t) => {
+  const { app } = await setup(t)
+  const runner = async () => (await app.inject({ url: '/health' })).json() as { status: string, runner: { checked_at: string | null } }
+  await waitFor(t, 'the runner image checked', async () => (await runner()).runner.checked_at !== null, 120_000)
+  // the image already holds a root-owned /tmp/opencode (from its build): the check must not trip on it
+  t.match(await runner(), { status: 'healthy', runner: { image: 'letta-opencode-runner:latest', present: true, opencode_version: /^\d+\.\d+\.\d+$/, error: null } })
+})
+
 t.test('a follow-up message: queued for the next turn while running, a new turn after the end, same session and workspace', async (t) => {
   const { client } = await setup(t)
   const task = await ok(client, 'opencode_execute_task', { task_description: '[script:slow-answer] think slowly' }) as Task

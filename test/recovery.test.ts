@@ -2,6 +2,7 @@
  * Restart recovery: the real service killed with SIGKILL while tasks run and wait, then started
  * again on the same data directory. Nothing is lost or stuck, and no orphan container survives.
  */
+import { execFileSync } from 'node:child_process'
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t from 'tap'
@@ -42,7 +43,7 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   t.ok(await healthy(port), 'first start')
   let client = (await connect(t, url)).client
 
-  const survivor = await call(client, 'opencode_execute_task', { task_description: 'sleep 8 echo survived' }) as Task
+  const survivor = await call(client, 'opencode_execute_task', { task_description: 'sleep 300 echo survived' }) as Task
   const lost = await call(client, 'opencode_execute_task', { task_description: 'sleep 60' }) as Task
   const waiting = [
     await call(client, 'opencode_execute_task', { task_description: 'echo first-in-line' }) as Task,
@@ -51,6 +52,12 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   await waitFor(t, 'two tasks running', async () => (await status(client, survivor.task_id)).status === 'running' && (await status(client, lost.task_id)).status === 'running')
   t.equal((await status(client, waiting[0].task_id)).status, 'queued')
 
+  // a task is marked running before its container is created and started: wait for the engine to run both
+  const started = async (id: string) => {
+    const [c] = await engine.listContainers({ [LABEL.task]: id })
+    return c && (await engine.inspectContainer(c.Id)).State.Running ? c : undefined
+  }
+  await waitFor(t, 'both containers started', async () => Boolean(await started(survivor.task_id)) && Boolean(await started(lost.task_id)), 60_000)
   const [survivorContainer] = await engine.listContainers({ [LABEL.task]: survivor.task_id })
   const [lostContainer] = await engine.listContainers({ [LABEL.task]: lost.task_id })
   const owner = survivorContainer.Labels[LABEL.owner]
@@ -61,7 +68,10 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   proc.child.kill('SIGKILL')
   await proc.exited
   await client.close().catch(() => {})
-  // while it is down: one task's container disappears, and a container of this owner appears with no task
+  // while it is down: one task's container ends by itself (its sleep is cut short, it prints and exits 0),
+  // one disappears, and a container of this owner appears with no task
+  execFileSync('docker', ['exec', survivorContainer.Id, 'sh', '-c', 'for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = sleep ] && kill "$(basename "$p")"; done; true'])
+  await waitFor(t, "the survivor's container ended while the service was down", async () => (await engine.inspectContainer(survivorContainer.Id)).State.Status === 'exited', 60_000)
   await engine.removeContainer(lostContainer.Id, { force: true })
   const orphan = await engine.createContainer({
     Image: 'letta-opencode-test-agent:latest',
@@ -89,7 +99,7 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
     const states = await Promise.all([survivor, lost, ...waiting].map(async (x) => (await status(client, x.task_id)).status))
     return states.every((s) => ['completed', 'failed'].includes(s))
   }, 120_000)
-  t.match(await status(client, survivor.task_id), { status: 'completed', output: 'survived\n' }, 're-attached to the container that kept running')
+  t.match(await status(client, survivor.task_id), { status: 'completed', output: 'survived\n' }, 're-attached to the container that ended while the service was down: its output and exit code read back')
   const history = await call(client, 'get_task_history', { task_id: survivor.task_id }) as { events: Array<{ type: string }> }
   t.same(history.events.map((e) => e.type), ['queued', 'started', 'reattached', 'completed'])
   t.match(await status(client, lost.task_id), { status: 'failed', reason: 'interrupted', error: /container is gone/ })

@@ -108,13 +108,14 @@ export class RunnerImageProbe {
   }
 
   /** `opencode --version` in the image: no network, every capability dropped, removed afterwards. */
+  /** OpenCode makes its data directory at start: a fresh one under /tmp (an image may already hold a root-owned /tmp/opencode). */
   private async version (): Promise<Version> {
     const image = this.config.RUNNER_IMAGE
     const { Id } = await this.docker.createContainer({
       Image: image,
       Entrypoint: ['opencode'],
       Cmd: ['--version'],
-      Env: ['XDG_DATA_HOME=/tmp', 'OPENCODE_DISABLE_AUTOUPDATE=1'],
+      Env: ['XDG_DATA_HOME=/tmp/opencode-version-check', 'OPENCODE_DISABLE_AUTOUPDATE=1'],
       User: this.config.RUNNER_USER,
       Labels: { [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner, [LABEL.task]: '', [LABEL.role]: 'probe' },
       HostConfig: {

@@ -76,6 +76,8 @@ interface Live {
   lastEvent?: string
   /** Paused: no timeout or idle clock runs. */
   paused?: boolean
+  /** Re-attached to a container that ended while the service was down: only its log and exit code are read. */
+  exited?: boolean
 }
 
 interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture }
@@ -260,9 +262,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   /** `attached`: a container that still runs from before a restart; it takes its slot at once. */
-  private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean }): void {
+  private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean, exited: boolean }): void {
     const live: Live = attached
-      ? { remainingMs: attached.remainingMs, resumedAt: 0, containerId: attached.containerId, started: true, paused: attached.paused }
+      ? { remainingMs: attached.remainingMs, resumedAt: 0, containerId: attached.containerId, started: true, paused: attached.paused, exited: attached.exited }
       : { remainingMs: task.timeout_ms, resumedAt: 0 }
     this.live.set(task.id, live)
     const slot = attached ? Promise.resolve(this.semaphore.take()) : this.semaphore.acquire(task.id)
@@ -368,7 +370,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private async monitor (id: string, containerId: string, live: Live, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
     const task = this.store.get(id) as TaskRecord
     // the timeout clock runs from here (unless the task is paused); kept in the store for a restart
-    if (!live.paused) {
+    if (!live.paused && !live.exited) {
       live.resumedAt = Date.now()
       this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
       this.armTimeout(id, live)
@@ -703,7 +705,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const gone: TaskRecord[] = []
     for (const [i, task] of interrupted.entries()) {
       const state = states[i]
-      if (!state || !(state.Running || state.Paused)) {
+      // a container that ended while the service was down is re-attached too: its log and exit code are read back
+      const exited = state?.Status === 'exited'
+      if (!state || !(state.Running || state.Paused || exited)) {
         gone.push(task)
         continue
       }
@@ -714,8 +718,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const since = task.remaining_ms == null ? task.started_at : task.resumed_at
       const remainingMs = paused ? left : left - (since ? Date.now() - since : 0)
       this.store.update(task.id, { status: paused ? 'paused' : 'running', remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
-      this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs })
-      this.schedule(task, { containerId: task.container_id as string, remainingMs, paused })
+      this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs, ...(exited ? { exited: true } : {}) })
+      this.schedule(task, { containerId: task.container_id as string, remainingMs, paused, exited })
     }
     for (const task of queued) this.schedule(task)
     for (const task of gone) {
