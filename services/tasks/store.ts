@@ -99,7 +99,14 @@ const MIGRATIONS: string[] = [
    ALTER TABLE tasks DROP COLUMN seed;
    ALTER TABLE tasks DROP COLUMN diff;`,
   // the original tool contract: observers of a task
-  "ALTER TABLE tasks ADD COLUMN observers TEXT NOT NULL DEFAULT '[]';"
+  "ALTER TABLE tasks ADD COLUMN observers TEXT NOT NULL DEFAULT '[]';",
+  // list pages: a principal's tasks in list order (newest first, then id), with or without a status
+  // or agent filter, straight from an index that covers the page's ids (a deep offset skips index
+  // entries, not rows)
+  `CREATE INDEX tasks_page ON tasks (principal, created_at DESC, id);
+   CREATE INDEX tasks_page_status ON tasks (principal, status, created_at DESC, id);
+   CREATE INDEX tasks_page_agent ON tasks (principal, agent_id, created_at DESC, id);
+   DROP INDEX tasks_principal_created;`
 ]
 
 /** The large columns of a task, kept in task_content. */
@@ -241,7 +248,9 @@ export class TaskStore {
     if (f.status) where.push('t.status = @status')
     if (f.agent_id) where.push('t.agent_id = @agent_id')
     const clause = where.join(' AND ')
-    const rows = this.db.prepare(`${SELECT_LISTED} WHERE ${clause} ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset`).all(f) as Row[]
+    // the page's ids first, from a covering index; then only those rows are read
+    const rows = this.db.prepare(`${SELECT_LISTED} WHERE t.id IN (SELECT t.id FROM tasks t WHERE ${clause}
+      ORDER BY t.created_at DESC, t.id LIMIT @limit OFFSET @offset) ORDER BY t.created_at DESC, t.id`).all(f) as Row[]
     const { n } = this.db.prepare(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`).get(f) as { n: number }
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
   }
