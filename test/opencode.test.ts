@@ -6,7 +6,7 @@
  * and its diff. Runner containers use host networking to reach the model server on loopback.
  */
 import { execFileSync } from 'node:child_process'
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { join } from 'node:path'
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
@@ -15,38 +15,27 @@ import t, { type Test } from 'tap'
 import { startModelServer } from './fixtures/model-server.js'
 import { listen, tempDir } from './helpers/app.js'
 import { waitFor } from './helpers/docker.js'
-import { connect } from './helpers/mcp.js'
+import { callTool, connect, toolErrorOf, toolOk } from './helpers/mcp.js'
+import { opencodeConfigDir } from './helpers/opencode.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
 
 const SECRET = 'sk-scripted-0123456789abcdef'
 
 type Task = Record<string, unknown> & { task_id: string, status: string }
 
-async function call (client: Client, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
-  return await client.callTool({ name, arguments: args }, undefined, { timeout: 120_000 }) as CallToolResult
-}
+const call = callTool
+const errorOf = toolErrorOf
 async function ok (client: Client, name: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const res = await call(client, name, args)
-  if (res.isError) throw new Error(`${name}: ${(res.content[0] as { text: string }).text}`)
+  const result = await toolOk(client, name, args)
   // a sync answer comes at SYNC_WAIT_MS at the latest: on a busy machine the end is waited for by status
-  return name === 'opencode_execute_task' && args.sync ? await settled(client, res.structuredContent as TaskResult) : res.structuredContent as Record<string, unknown>
+  return name === 'opencode_execute_task' && args.sync ? await settled(client, result as TaskResult) : result
 }
-const errorOf = (res: CallToolResult) => (res.isError ? JSON.parse((res.content[0] as { text: string }).text) as { error: string, code: string } : undefined)
 
 async function setup (t: Test, env: Record<string, string> = {}) {
   const model = await startModelServer('127.0.0.1')
   t.teardown(() => model.close())
   // OpenCode's global config, mounted read-only: the scripted model as an OpenAI-compatible provider
-  const configDir = tempDir(t, 'lop-opencode-config-')
-  chmodSync(configDir, 0o755)
-  writeFileSync(join(configDir, 'opencode.json'), JSON.stringify({
-    $schema: 'https://opencode.ai/config.json',
-    provider: { mock: { npm: '@ai-sdk/openai-compatible', name: 'Scripted', options: { baseURL: model.url, apiKey: 'not-a-secret' }, models: { scripted: { name: 'Scripted' }, other: { name: 'Other' } } } },
-    small_model: 'mock/scripted',
-    autoupdate: false,
-    share: 'disabled'
-  }))
-  chmodSync(join(configDir, 'opencode.json'), 0o644)
+  const configDir = opencodeConfigDir(t, model.url, { scripted: 'Scripted', other: 'Other' })
   const { app, url } = await listen(t, {
     env: {
       RUNNER_IMAGE: 'letta-opencode-runner:latest',

@@ -7,10 +7,6 @@
  * with the same clear error.
  */
 import { execFileSync } from 'node:child_process'
-import { chmodSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { containerSpec } from '../services/tasks/container-spec.js'
@@ -20,22 +16,17 @@ import type { TaskRecord } from '../services/tasks/types.js'
 import { startModelServer } from './fixtures/model-server.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { BASE_IMAGE, removeOwned, waitFor } from './helpers/docker.js'
-import { connect } from './helpers/mcp.js'
+import { callTool, connect, toolErrorOf, toolOk } from './helpers/mcp.js'
+import { opencodeConfigDir } from './helpers/opencode.js'
 
 const FOREIGN_IMAGE = 'letta-opencode-foreign-runner:test'
 const MISSING_IMAGE = 'letta-opencode-no-such-image:never'
 
 type Task = Record<string, unknown> & { task_id: string, status: string }
 
-async function call (client: Client, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
-  return await client.callTool({ name, arguments: args }, undefined, { timeout: 120_000 }) as CallToolResult
-}
-async function ok (client: Client, name: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const res = await call(client, name, args)
-  if (res.isError) throw new Error(`${name}: ${(res.content[0] as { text: string }).text}`)
-  return res.structuredContent as Record<string, unknown>
-}
-const errorOf = (res: CallToolResult) => (res.isError ? JSON.parse((res.content[0] as { text: string }).text) as { error: string, code: string } : undefined)
+const call = callTool
+const ok = toolOk
+const errorOf = toolErrorOf
 
 /** The runner image's OpenCode in a bare base image, the way a user adds it to an image of their own. */
 function buildForeignImage (): void {
@@ -65,16 +56,7 @@ t.test('an image without ENTRYPOINT, with HOME=/tmp and no runner user runs a ta
   buildForeignImage()
   const model = await startModelServer('127.0.0.1')
   t.teardown(() => model.close())
-  const configDir = tempDir(t, 'lop-opencode-config-')
-  chmodSync(configDir, 0o755)
-  writeFileSync(join(configDir, 'opencode.json'), JSON.stringify({
-    $schema: 'https://opencode.ai/config.json',
-    provider: { mock: { npm: '@ai-sdk/openai-compatible', name: 'Scripted', options: { baseURL: model.url, apiKey: 'not-a-secret' }, models: { scripted: { name: 'Scripted' } } } },
-    small_model: 'mock/scripted',
-    autoupdate: false,
-    share: 'disabled'
-  }))
-  chmodSync(join(configDir, 'opencode.json'), 0o644)
+  const configDir = opencodeConfigDir(t, model.url)
   const { app, url } = await listen(t, {
     env: {
       RUNNER_IMAGE: FOREIGN_IMAGE,

@@ -2,6 +2,7 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { request } from 'node:http'
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import type { Test } from 'tap'
 
 export async function connect (t: Test, url: string, headers: Record<string, string> = {}): Promise<{ client: Client, transport: StreamableHTTPClientTransport }> {
@@ -52,3 +53,18 @@ export function rawPost (url: string, body: unknown, headers: Record<string, str
     req.end(JSON.stringify(body))
   })
 }
+
+/** A tool call through the SDK client, with room for a sync call that waits up to SYNC_WAIT_MS. */
+export async function callTool (client: Client, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
+  return await client.callTool({ name, arguments: args }, undefined, { timeout: 120_000 }) as CallToolResult
+}
+
+/** A tool call that must succeed: its structured result. */
+export async function toolOk (client: Client, name: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const res = await callTool(client, name, args)
+  if (res.isError) throw new Error(`${name}: ${(res.content[0] as { text: string }).text}`)
+  return res.structuredContent as Record<string, unknown>
+}
+
+/** The JSON of a tool error, or undefined when the call succeeded. */
+export const toolErrorOf = (res: CallToolResult) => (res.isError ? JSON.parse((res.content[0] as { text: string }).text) as { error: string, code: string } : undefined)

@@ -1,0 +1,30 @@
+/** The real OpenCode CLI in tests: its global config, pointing at the scripted model server. */
+import { chmodSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Test } from 'tap'
+import { tempDir } from './app.js'
+
+/**
+ * A directory with OpenCode's global config (for RUNNER_OPENCODE_CONFIG_DIR, mounted read-only): the
+ * scripted model server as the OpenAI-compatible provider `mock` with the given models.
+ */
+export function opencodeConfigDir (t: Test, modelUrl: string, models: Record<string, string> = { scripted: 'Scripted' }): string {
+  const dir = tempDir(t, 'lop-opencode-config-')
+  chmodSync(dir, 0o755)
+  writeFileSync(join(dir, 'opencode.json'), JSON.stringify({
+    $schema: 'https://opencode.ai/config.json',
+    provider: {
+      mock: {
+        npm: '@ai-sdk/openai-compatible',
+        name: 'Scripted',
+        options: { baseURL: modelUrl, apiKey: 'not-a-secret' },
+        models: Object.fromEntries(Object.entries(models).map(([id, name]) => [id, { name }]))
+      }
+    },
+    small_model: 'mock/scripted',
+    autoupdate: false,
+    share: 'disabled'
+  }))
+  chmodSync(join(dir, 'opencode.json'), 0o644)
+  return dir
+}
