@@ -44,6 +44,7 @@ export const HealthReportSchema = z.object({
     image: z.string().describe('RUNNER_IMAGE'),
     present: z.boolean().nullable().describe('Whether the engine has the image; null until checked'),
     opencode_version: z.string().nullable().describe('`opencode --version` in the image, when known'),
+    usable: z.boolean().nullable().describe('false while tasks are refused (the image is missing or has no `opencode`); null until checked'),
     error: z.string().nullable().describe('Why tasks cannot run in the image (missing, no `opencode` on its PATH), with the fix'),
     checked_at: z.string().nullable()
   }),
@@ -75,7 +76,7 @@ export function healthReport (inputs: HealthInputs): HealthReport {
   // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load, refusing new tasks
   // (full queue, or a runner image that is missing or has no `opencode`), or without Letta (updates
   // wait in the outbox)
-  const runnerUnusable = runner.present === false || runner.error !== null
+  const runnerUnusable = runner.usable === false
   const queueFull = tasks.queued >= tasks.max_queued && tasks.running >= tasks.max_concurrent
   const status = !tasks.accepting
     ? 'draining'

@@ -84,6 +84,18 @@ t.test('store: deleteEnded deletes only ended tasks past the cut-off, with their
   t.same(store.deleteEnded(Date.now() - 30 * DAY), [], 'nothing left to delete')
 })
 
+t.test('store: a task whose Letta block still exists is kept until the block is deleted', async (t) => {
+  const store = new TaskStore(tempDir(t))
+  t.teardown(() => store.close())
+  const task = record('task_with-block', { finished_at: Date.now() - 40 * DAY })
+  store.insert(task)
+  store.lettaTrack(task.id, 'agent')
+  store.lettaUpdate(task.id, { block_id: 'block-1' })
+  t.same(store.deleteEnded(Date.now() - 30 * DAY), [], 'kept: its block is still in Letta (the worker deletes it after the workspace)')
+  store.lettaUpdate(task.id, { deleted: 1 })
+  t.same(store.deleteEnded(Date.now() - 30 * DAY), [task.id], 'deleted once the block is')
+})
+
 t.test('store: a list leaves output, seed and diff out; one task\'s read has them', async (t) => {
   const store = new TaskStore(tempDir(t))
   t.teardown(() => store.close())

@@ -128,3 +128,20 @@ t.test('a run that cannot find `opencode` (before the image was checked) fails w
   await waitFor(t, 'the task ended', () => { ended = store.get(task.id); return ended?.status === 'failed' }, 60_000)
   t.match(ended, { status: 'failed', exit_code: 127, error: /RUNNER_IMAGE letta-opencode-base:bookworm has no `opencode` on its PATH/ })
 })
+
+t.test('while the image is unusable an idempotent retry still gets its task; a new task is refused', async (t) => {
+  // a tag of the stand-in image, removed halfway: the image goes missing for real
+  const tag = 'letta-opencode-retry-test:latest'
+  execFileSync('docker', ['tag', 'letta-opencode-test-agent:latest', tag])
+  t.teardown(() => { try { execFileSync('docker', ['rmi', tag], { stdio: 'ignore' }) } catch {} })
+  const { app, url } = await listen(t, { env: { RUNNER_IMAGE: tag, RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '64m', RUNNER_STOP_GRACE_S: '1' } })
+  await waitFor(t, 'the runner image checked', () => runnerOf(app).usable === true, 60_000)
+  const { client } = await connect(t, url)
+  const first = await ok(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-1' })
+  execFileSync('docker', ['rmi', tag], { stdio: 'ignore' })
+  await app.runnerImage.check()
+  t.match(runnerOf(app), { present: false, usable: false })
+  t.match(await ok(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-1' }), { task_id: first.task_id, existing: true }, 'the retry got its task')
+  t.match(errorOf(await call(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-2' })), { code: 'unavailable', error: /not on the Docker engine/ })
+  await call(client, 'send_task_control', { task_id: first.task_id, control: 'cancel' })
+})

@@ -14,13 +14,16 @@ export interface RunnerImageState {
   /** null until the first check answered (or while the engine cannot be reached before it did). */
   present: boolean | null
   opencode_version: string | null
+  /** false: tasks are refused (the image is missing or has no `opencode`); null until checked. */
+  usable: boolean | null
   error: string | null
   checked_at: string | null
 }
 
 type ImageConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_USER' | 'RUNNER_PIDS_LIMIT'>
 
-const VERSION_TIMEOUT_MS = 60_000
+/** The longest the version check's container may live (reconcile leaves it alone that long). */
+export const VERSION_TIMEOUT_MS = 60_000
 
 const buildHint = (image: string) =>
   `build it with \`docker build -t ${image} runner/\` (scripts/runner-image.sh builds it from a local base image) or pull it with \`docker pull ${image}\`, or set RUNNER_IMAGE to an image that has it`
@@ -41,7 +44,6 @@ const versions = new Map<string, Version>()
 
 export class RunnerImageProbe {
   state: RunnerImageState
-  private usable = true
   private timer: NodeJS.Timeout | undefined
   private inflight: Promise<RunnerImageState> | undefined
 
@@ -52,12 +54,12 @@ export class RunnerImageProbe {
     private readonly intervalMs: number,
     private readonly onChange: (state: RunnerImageState) => void = () => {}
   ) {
-    this.state = { image: config.RUNNER_IMAGE, present: null, opencode_version: null, error: null, checked_at: null }
+    this.state = { image: config.RUNNER_IMAGE, present: null, opencode_version: null, usable: null, error: null, checked_at: null }
   }
 
   /** Why a new task cannot run in RUNNER_IMAGE (missing, or no `opencode`), or null. */
   get refusal (): string | null {
-    return this.usable ? null : this.state.error
+    return this.state.usable === false ? this.state.error : null
   }
 
   /** Checks now and then every interval; not awaited, so a busy engine does not delay the start. */
@@ -81,12 +83,10 @@ export class RunnerImageProbe {
     const image = this.config.RUNNER_IMAGE
     const previous = this.state
     let next: RunnerImageState
-    let usable: boolean
     try {
       const info = await this.docker.inspectImage(image, AbortSignal.timeout(Math.max(this.intervalMs, 2_000)))
       if (!info) {
-        next = { image, present: false, opencode_version: null, error: missingImage(image), checked_at: new Date().toISOString() }
-        usable = false
+        next = { image, present: false, opencode_version: null, usable: false, error: missingImage(image), checked_at: new Date().toISOString() }
       } else {
         const key = `${info.Id} ${this.config.RUNNER_USER}`
         let v = versions.get(key)
@@ -94,15 +94,13 @@ export class RunnerImageProbe {
           v = await this.version()
           if (!v.retry) versions.set(key, v)
         }
-        next = { image, present: true, opencode_version: v.version, error: v.error, checked_at: new Date().toISOString() }
-        usable = v.usable
+        next = { image, present: true, opencode_version: v.version, usable: v.usable, error: v.error, checked_at: new Date().toISOString() }
       }
     } catch {
       // the engine cannot be reached: the engine probe reports that; what was known stays
       return this.state
     }
     this.state = next
-    this.usable = usable
     if (next.present !== previous.present || next.error !== previous.error || next.opencode_version !== previous.opencode_version) this.onChange(next)
     return next
   }
@@ -147,7 +145,8 @@ export class RunnerImageProbe {
         return { version, error: null, usable: true }
       }
       if (exitCode === 127 && OPENCODE_NOT_FOUND.test(output)) return { version: null, error: noOpencode(image), usable: false }
-      return { version: null, error: `\`opencode --version\` in RUNNER_IMAGE ${image} exited with code ${exitCode}: ${output.trim().slice(-300)}`, usable: true }
+      // tasks may still run; checked again next time (a killed or starved check is no verdict on the image)
+      return { version: null, error: `\`opencode --version\` in RUNNER_IMAGE ${image} exited with code ${exitCode}: ${output.trim().slice(-300)}`, usable: true, retry: true }
     } catch (err) {
       return { version: null, error: `\`opencode --version\` in RUNNER_IMAGE ${image} could not run: ${(err as Error).message}`, usable: true, retry: true }
     } finally {

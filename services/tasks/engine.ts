@@ -15,7 +15,7 @@ import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { TurnCapture } from '../runner/capture.js'
-import { noOpencode, OPENCODE_NOT_FOUND, type RunnerImageProbe } from '../runner/image.js'
+import { noOpencode, OPENCODE_NOT_FOUND, VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
@@ -167,9 +167,6 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   // --- submit ---------------------------------------------------------------------------------
 
   submit (caller: Caller, args: SubmitArgs): { task: TaskRecord, existing: boolean } {
-    if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
-    const refusal = this.runnerImage?.refusal
-    if (refusal) throw new TaskError('unavailable', refusal)
     const description = args.task_description.trim()
     if (!description) throw new TaskError('invalid', 'task_description is empty: describe the development task to run')
     const timeout = args.timeout_ms ?? this.config.RUNNER_TIMEOUT_MS
@@ -180,9 +177,13 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const repository = args.repository ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null } : null
     const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
-    // a full queue refuses a new task before anything is stored; a retry with a known key gets its task all the same
+    // a new task is refused (draining, no usable runner image, a full queue) before anything is
+    // stored; a retry with a known key gets its task all the same
     const create = (): TaskRecord => {
-      if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) throw this.queueFull()
+      if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
+      const refusal = this.runnerImage?.refusal
+      if (refusal) throw new TaskError('unavailable', refusal)
+      if (this.semaphore.full) throw this.queueFull()
       return newTask()
     }
     const newTask = (): TaskRecord => ({
@@ -297,6 +298,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (attached) {
         outcome = await this.monitor(id, attached, live, this.docker.containerLogs(attached, { follow: true, signal: this.closing.signal }))
         attached = undefined
+        live.exited = false
       } else {
         const started = await this.startTurn(task, live)
         if (!started) return
@@ -337,6 +339,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     this.log.info({ taskId: id, agentId: task.agent_id, principal: task.principal, turn, queuedMs: startedAt - task.created_at }, turn === 1 ? 'task started' : 'task turn started')
     if (turn === 1) this.emit('started', { ...task, status: 'running', started_at: startedAt, turns: 1 })
     try {
+      // a follow-up turn or a task queued before a restart meets the same check as a new submission
+      const refusal = this.runnerImage?.refusal
+      if (refusal) throw new Error(refusal)
       if (turn === 1) await this.workspaces.prepare(task)
       const spec = containerSpec(this.config, {
         id,
@@ -448,20 +453,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
     // from here to the terminal write in finish() nothing awaits: message() cannot slip in between
     if (this.continues(id, live, outcome)) return false
-    const dropped = (this.store.get(id) as TaskRecord).pending
-    let error = errors[reason] ?? null
-    if (dropped.length > 0 && !this.closing.signal.aborted) {
-      this.store.update(id, { pending: [] })
-      this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: status })
-      this.log.warn({ taskId: id, dropped: dropped.length, status }, 'follow-up messages not run: the turn did not end well')
-      const why = status === 'completed' ? 'the service was shutting down' : `the task ended ${status}`
-      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
-      error = error ? `${error}; ${note}` : note
-    }
     await this.finish(id, {
       status,
       reason,
-      error,
+      error: errors[reason] ?? null,
       exit_code: exitCode,
       output: capture.output.text(),
       output_truncated: capture.output.truncated,
@@ -510,6 +505,15 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const task = this.store.get(id)
     if (!task || TERMINAL.has(task.status)) return
     const finishedAt = Date.now()
+    // follow-up messages still waiting are not run by an ended task: say so, whichever way it ended
+    const dropped = task.pending
+    if (dropped.length > 0) {
+      const why = fields.status === 'completed' ? 'the service was shutting down' : `the task ended ${fields.status}`
+      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
+      fields = { ...fields, pending: [], error: fields.error ? `${fields.error}; ${note}` : note }
+      this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: fields.status })
+      this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
+    }
     this.store.update(id, { ...fields, finished_at: finishedAt })
     this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
     this.live.delete(id)
@@ -562,7 +566,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): { task: TaskRecord, chunks: AsyncGenerator<Buffer> } {
     const task = this.get(principal, id)
-    const ended = opts.follow ? () => TERMINAL.has((this.store.get(id) as TaskRecord).status) : () => true
+    const ended = opts.follow ? () => TERMINAL.has(this.store.status(id) as TaskStatus) : () => true
     return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
   }
 
@@ -615,7 +619,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn', message_id: note.message_id, timestamp: event.at }
     }
     if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
-    if (this.semaphore.running >= this.semaphore.limit && this.semaphore.waiting >= this.semaphore.maxWaiting) throw this.queueFull()
+    if (this.semaphore.full) throw this.queueFull()
     this.store.update(id, { status: 'queued', pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
     const event = this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
     const queued = this.store.get(id) as TaskRecord
@@ -748,7 +752,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const taskId = c.Labels[LABEL.task]
       // a live task's containers, its helpers (clone, files, diff) included, are its own to remove
       if (taskId && (this.live.has(taskId) || this.reading.has(taskId))) continue
-      if (Date.now() - c.Created * 1000 < this.config.ORPHAN_GRACE_MS) continue
+      // the runner image check removes its own container; one is an orphan only past the check's limit
+      const grace = c.Labels[LABEL.role] === 'probe' ? Math.max(this.config.ORPHAN_GRACE_MS, VERSION_TIMEOUT_MS) : this.config.ORPHAN_GRACE_MS
+      if (Date.now() - c.Created * 1000 < grace) continue
       const gone = await this.docker.removeContainer(c.Id, { force: true }).then(() => true, () => false)
       if (!gone) continue
       removed++
@@ -770,7 +776,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   retain (now = Date.now()): number {
     this.store.deleteExpiredKeys(now - this.config.IDEMPOTENCY_TTL_MS)
     if (this.config.TASK_RETENTION_MS === 0) return 0
-    const ids = this.store.deleteEnded(now - this.config.TASK_RETENTION_MS)
+    // a task outlives its workspace (its removal is recorded on the task, and then its Letta block goes)
+    const ids = this.store.deleteEnded(now - Math.max(this.config.TASK_RETENTION_MS, this.config.WORKSPACE_RETENTION_MS))
     for (const id of ids) rmSync(this.logPath(id), { force: true })
     if (ids.length) this.log.info({ tasks: ids.length }, 'ended tasks deleted after TASK_RETENTION_MS')
     return ids.length
@@ -783,8 +790,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   async drain (graceMs: number): Promise<void> {
     this.accepting = false
-    // running: started turns, with or without their container yet (queued tasks stay queued)
-    const running = () => [...this.live.entries()].filter(([id]) => ['running', 'paused'].includes(this.store.get(id)?.status ?? ''))
+    // running: started turns, with or without their container yet (queued tasks stay queued; paused
+    // ones stay paused, in the store and the engine, for the next start to take up)
+    const running = () => [...this.live.entries()].filter(([id]) => this.store.status(id) === 'running')
     const ends = (ids: string[], ms: number) => Promise.all(ids.map((id) => this.waitForEnd(id, ms)))
     if (running().length === 0) return
     this.log.info({ running: running().length, graceMs }, 'draining: waiting for running tasks')

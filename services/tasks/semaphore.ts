@@ -1,6 +1,7 @@
 /**
- * A counting semaphore with a bounded FIFO of waiters. `running` never exceeds `limit`, however
- * many acquire at once; a full queue refuses at once instead of growing.
+ * A counting semaphore with a bounded FIFO of waiters. `acquire` never takes `running` past `limit`,
+ * however many acquire at once (only `take`, for a container that already runs, may); a full queue
+ * refuses at once instead of growing.
  */
 export class QueueFullError extends Error {
   override name = 'QueueFullError'
@@ -16,6 +17,8 @@ export class Semaphore {
 
   get running (): number { return this.active }
   get waiting (): number { return this.waiters.length }
+  /** Every slot taken and every waiting place too: a new acquire would be refused. */
+  get full (): boolean { return this.active >= this.limit && this.waiters.length >= this.maxWaiting }
 
   /** Resolves with a release function once a slot is free; `id` lets a waiter be withdrawn. */
   acquire (id: string): Promise<() => void> {

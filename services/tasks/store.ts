@@ -232,6 +232,11 @@ export class TaskStore {
     return toRecord(this.db.prepare(`${SELECT_TASK} WHERE t.id = ?`).get(id) as Row | undefined)
   }
 
+  /** A task's status alone (no large column read): for checks made often. */
+  status (id: string): TaskStatus | undefined {
+    return (this.db.prepare('SELECT status FROM tasks WHERE id = ?').get(id) as { status: TaskStatus } | undefined)?.status
+  }
+
   update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
     const { row, content } = split(toRow(fields))
     const keys = Object.keys(row)
@@ -262,8 +267,11 @@ export class TaskStore {
    */
   deleteEnded (before: number, limit = RETENTION_BATCH): string[] {
     return this.db.transaction(() => {
+      // a task whose Letta block still exists is kept until the block is deleted (Letta may be down)
       const ids = (this.db.prepare(`SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?
-        AND status IN ('completed', 'failed', 'timeout', 'cancelled') ORDER BY finished_at LIMIT ?`).all(before, limit) as Array<{ id: string }>).map((r) => r.id)
+        AND status IN ('completed', 'failed', 'timeout', 'cancelled')
+        AND NOT EXISTS (SELECT 1 FROM letta_sync l WHERE l.task_id = tasks.id AND l.block_id IS NOT NULL AND l.deleted = 0)
+        ORDER BY finished_at LIMIT ?`).all(before, limit) as Array<{ id: string }>).map((r) => r.id)
       const del = this.db.prepare('DELETE FROM tasks WHERE id = ?')
       for (const id of ids) del.run(id)
       return ids
