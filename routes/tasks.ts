@@ -6,17 +6,12 @@ import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
-import { TaskError } from '../services/tasks/types.js'
+import { MAX_LOG_OFFSET, MAX_OFFSET, TaskError } from '../services/tasks/types.js'
 import { TaskListSchema, TaskStatusSchema, TaskViewSchema, taskView } from '../services/tasks/view.js'
 
 const ErrorSchema = Type.Object({ statusCode: Type.Integer(), error: Type.String(), message: Type.String() })
 const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema }
 const TaskParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 100, description: 'The task id' }) })
-
-/** Every number a client sends is bounded (SQLite refuses a LIMIT/OFFSET beyond 64 bits). */
-const MAX_LIST_OFFSET = 1_000_000_000
-/** Above the largest TASK_LOG_LIMIT (10 GiB). */
-const MAX_LOG_OFFSET = 2 ** 40
 
 const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503 }
 
@@ -41,7 +36,7 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
         status: Type.Optional(TaskStatusSchema),
         agent_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._:-]{1,128}$' })),
         limit: Type.Integer({ minimum: 1, maximum: 200, default: 20 }),
-        offset: Type.Integer({ minimum: 0, maximum: MAX_LIST_OFFSET, default: 0 })
+        offset: Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 })
       }, { additionalProperties: false }),
       response: { 200: TaskListSchema, ...errors }
     }

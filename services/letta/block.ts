@@ -6,7 +6,7 @@
  */
 import type { TaskEvent, TaskRecord } from '../tasks/types.js'
 import { TERMINAL } from '../tasks/types.js'
-import { eventSummary } from '../tasks/view.js'
+import { eventSummary, oneLine } from '../tasks/view.js'
 
 export const blockLabel = (taskId: string) => `opencode_workspace_${taskId}`
 
@@ -24,8 +24,7 @@ const iso = (ms: number) => new Date(ms).toISOString()
 /** A history event as one short line for the block (the full event stays in get_task_history). */
 export function blockEvent (e: TaskEvent): BlockEvent | null {
   if (e.type === 'step_start' || e.type === 'step_finish' || e.type === 'events_dropped') return null
-  const summary = eventSummary(e)
-  return { at: iso(e.at), type: e.type, summary: summary.length > 300 ? summary.slice(0, 300) + '…' : summary }
+  return { at: iso(e.at), type: e.type, summary: oneLine(eventSummary(e)) }
 }
 
 export function buildBlockValue (task: TaskRecord, events: TaskEvent[], limits: { chars: number, maxEvents: number }): string {

@@ -6,7 +6,7 @@ import * as z from 'zod'
 import type { JSONSchema } from 'zod/v4/core'
 import { DockerError } from '../docker/errors.js'
 import { MESSAGE_TYPES, type TaskEngine } from '../tasks/engine.js'
-import { TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
+import { MAX_LOG_OFFSET, MAX_OFFSET, TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
 import { eventView, RecentEventSchema, recentEventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
 import { AGENT_ID_PATTERN } from '../security.js'
 import { callerOf, jsonResult, toolError } from './server.js'
@@ -30,10 +30,6 @@ function fromError (err: unknown): CallToolResult {
   if (err instanceof DockerError) return toolError(err.message, { code: err.code })
   throw err
 }
-
-/** Bounds of numeric arguments: offsets and sequence numbers; byte offsets in a log (above the largest TASK_LOG_LIMIT). */
-const MAX_OFFSET = 1_000_000_000
-const MAX_LOG_OFFSET = 2 ** 40
 
 const taskId = z.string().min(1).max(100).describe('The task id returned by opencode_execute_task')
 

@@ -3,6 +3,11 @@ import type { RunResult } from '../runner/opencode.js'
 
 export const TASK_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'timeout', 'cancelled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
+/** Bounds of the numbers clients send (SQLite refuses a LIMIT/OFFSET beyond 64 bits): list offsets
+ * and event sequence numbers; byte offsets in a log (above the largest TASK_LOG_LIMIT, 10 GiB). */
+export const MAX_OFFSET = 1_000_000_000
+export const MAX_LOG_OFFSET = 2 ** 40
+
 export const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'timeout', 'cancelled'])
 
 /** Why a task ended the way it did. */

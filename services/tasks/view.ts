@@ -108,7 +108,7 @@ export function eventSummary (e: TaskEvent): string {
 }
 
 /** The summary as one line of at most 300 characters. */
-const oneLine = (s: string) => { const line = s.replace(/\s+/g, ' ').trim(); return line.length > 300 ? line.slice(0, 300) + '…' : line }
+export const oneLine = (s: string) => { const line = s.replace(/\s+/g, ' ').trim(); return line.length > 300 ? line.slice(0, 300) + '…' : line }
 
 export const eventView = (e: TaskEvent): Static<typeof TaskEventSchema> => ({
   seq: e.seq, at: new Date(e.at).toISOString(), type: e.type, data: e.data, timestamp: e.at, message: oneLine(eventSummary(e))
