@@ -46,6 +46,9 @@ async function setup (t: Test, env: Record<string, string> = {}) {
   await proxy.start()
   const { app, url } = await listen(t, { docker: { socketPath: proxy.socketPath }, env: { ...BASE_ENV, ...env } })
   t.teardown(() => proxy.stop())
+  // the runner image check creates and starts a container of its own at start: let it finish first,
+  // so that a held create or start is the task's
+  await waitFor(t, 'the runner image checked', () => app.runnerImage.state.checked_at !== null, 120_000)
   const { client } = await connect(t, url)
   return { app, proxy, client }
 }
