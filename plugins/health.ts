@@ -3,7 +3,7 @@
  * session count, security settings), so a probe never waits on a dependency.
  */
 import fp from 'fastify-plugin'
-import { SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js'
+import { SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/server'
 import { healthReport, type HealthReport } from '../services/health.js'
 import { SERVICE_VERSION } from '../services/meta.js'
 

@@ -1,7 +1,12 @@
 /**
- * MCP session registry plugin: decorates `mcpSessions`, starts the TTL sweep, and closes every
- * session (and so every open SSE stream) in preClose, which server.close() would otherwise wait on.
+ * MCP plugin, both protocol eras. Legacy (2025): decorates `mcpSessions`, starts the TTL sweep, and
+ * closes every session (and so every open SSE stream) in preClose, which server.close() would
+ * otherwise wait on. Modern (2026-07-28): decorates `mcpModern`, the SDK's stateless handler, which
+ * builds the same tools per request for the principal the route authenticated.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { toNodeHandler } from '@modelcontextprotocol/node'
+import { createMcpHandler } from '@modelcontextprotocol/server'
 import fp from 'fastify-plugin'
 import { createMcpServer } from '../services/mcp/server.js'
 import { SessionRegistry } from '../services/mcp/sessions.js'
@@ -10,6 +15,8 @@ import { SERVICE_VERSION } from '../services/meta.js'
 declare module 'fastify' {
   interface FastifyInstance {
     mcpSessions: SessionRegistry
+    /** Serves one modern-era request as `principal`. */
+    mcpModern: (principal: string, req: IncomingMessage, res: ServerResponse, body: unknown) => Promise<void>
   }
 }
 
@@ -20,6 +27,7 @@ export default fp(async (fastify) => {
     tasks: fastify.tasks,
     asyncEnabled: fastify.config.ENABLE_ASYNC_EXECUTE,
     syncWaitMs: fastify.config.SYNC_WAIT_MS,
+    retentionMs: fastify.config.TASK_RETENTION_MS,
     onToolCall: (tool: string, outcome: 'ok' | 'error' | 'exception') => fastify.metrics.toolCall(tool, outcome)
   }
   const registry = new SessionRegistry({
@@ -28,7 +36,16 @@ export default fp(async (fastify) => {
     createServer: (principal) => createMcpServer(deps, principal),
     onEvict: (s, reason) => fastify.log.info({ session: s.id, principal: s.principal, reason }, 'mcp session closed')
   })
+  const modern = createMcpHandler(({ authInfo }) => createMcpServer(deps, authInfo?.clientId ?? '', 'modern'), {
+    legacy: 'reject',
+    onerror: (err) => fastify.log.debug({ err }, 'mcp modern request refused')
+  })
+  const serveModern = toNodeHandler(modern)
   fastify.decorate('mcpSessions', registry)
+  fastify.decorate('mcpModern', async (principal: string, req: IncomingMessage, res: ServerResponse, body: unknown) => {
+    // the principal rides as the SDK's auth info (never the token itself)
+    await serveModern(Object.assign(req, { auth: { token: '', clientId: principal, scopes: [] } }), res, body)
+  })
   fastify.addHook('onReady', async () => registry.start())
-  fastify.addHook('preClose', async () => registry.closeAll('shutdown'))
+  fastify.addHook('preClose', async () => { await Promise.all([registry.closeAll('shutdown'), modern.close()]) })
 }, { name: 'mcp-sessions', dependencies: ['config', 'tasks', 'metrics'], fastify: '5.x' })

@@ -1,13 +1,18 @@
 /**
- * POST, GET and DELETE /mcp: MCP over streamable HTTP. The registry owns sessions; this module
- * picks the session for a request (or opens one on initialize), answers the spec's status codes
- * for what the SDK transport cannot know (unknown session 404, missing session 400, batches,
- * malformed JSON), then hands the raw request to the session's transport.
+ * POST, GET and DELETE /mcp: MCP over streamable HTTP, both protocol eras on one endpoint.
+ *
+ * Each request is classified the way the SDK's own entry classifies it (headers and body, no web
+ * Request built): 2026-07-28 requests go to the SDK's stateless handler (`mcpModern`), 2025-era
+ * requests to their session. For the legacy era the registry owns sessions; this module picks the
+ * session for a request (or opens one on initialize), answers the spec's status codes for what the
+ * SDK transport cannot know (unknown session 404, missing session 400, batches, malformed JSON),
+ * then hands the raw request to the session's transport. Auth, Origin/Host checks, principal
+ * scoping and load shedding run before either era is chosen.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
-import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
-import type { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import { classifyInboundRequest, isInitializeRequest, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/server'
+import type { NodeStreamableHTTPServerTransport as StreamableHTTPServerTransport } from '@modelcontextprotocol/node'
 import { SessionCapacityError, type Session } from '../services/mcp/sessions.js'
 
 /** JSON-RPC error codes used at the HTTP layer. */
@@ -54,6 +59,27 @@ function honourConnectionClose (request: FastifyRequest, res: ServerResponse): v
   res.setHeader('connection', 'close')
 }
 
+const header = (request: FastifyRequest, name: string): string | undefined => {
+  const value = request.headers[name]
+  return Array.isArray(value) ? value[0] : value
+}
+
+/** A 2026-07-28 request (or one the modern handler must refuse), by the SDK's classification. */
+function isModern (request: FastifyRequest): boolean {
+  if (request.method !== 'POST') {
+    // GET and DELETE belong to legacy sessions; without one, a modern version header gets the modern answer
+    const version = header(request, 'mcp-protocol-version')
+    return header(request, 'mcp-session-id') === undefined && version !== undefined && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)
+  }
+  return classifyInboundRequest({
+    httpMethod: 'POST',
+    protocolVersionHeader: header(request, 'mcp-protocol-version'),
+    mcpMethodHeader: header(request, 'mcp-method'),
+    mcpNameHeader: header(request, 'mcp-name'),
+    body: request.body
+  }).kind !== 'legacy'
+}
+
 const route: FastifyPluginAsync = async (fastify) => {
   const registry = fastify.mcpSessions
 
@@ -78,16 +104,13 @@ const route: FastifyPluginAsync = async (fastify) => {
     return session
   }
 
-  /** Hands the request to the transport; after hijack, failures are still answered. */
-  async function dispatch (request: FastifyRequest, reply: FastifyReply, transport: StreamableHTTPServerTransport, session?: Session) {
-    // in-flight calls pin a session (no eviction mid-call); an open GET stream alone does not
-    const release = session && request.method === 'POST' ? registry.hold(session) : undefined
-    if (release) reply.raw.once('close', release)
+  /** Hands the request to the SDK; after hijack, failures are still answered. */
+  async function hijack (request: FastifyRequest, reply: FastifyReply, serve: () => Promise<void>) {
     lowerCaseAccept(request.raw)
     honourConnectionClose(request, reply.raw)
     reply.hijack()
     try {
-      await transport.handleRequest(request.raw, reply.raw, request.body)
+      await serve()
     } catch (err) {
       request.log.error({ err }, 'mcp transport failed')
       if (!reply.raw.headersSent) {
@@ -99,6 +122,19 @@ const route: FastifyPluginAsync = async (fastify) => {
     }
   }
 
+  /** A legacy request to its session's transport. */
+  async function dispatch (request: FastifyRequest, reply: FastifyReply, transport: StreamableHTTPServerTransport, session?: Session) {
+    // in-flight calls pin a session (no eviction mid-call); an open GET stream alone does not
+    const release = session && request.method === 'POST' ? registry.hold(session) : undefined
+    if (release) reply.raw.once('close', release)
+    await hijack(request, reply, () => transport.handleRequest(request.raw, reply.raw, request.body))
+  }
+
+  /** A modern request: stateless, served for the authenticated principal. */
+  async function dispatchModern (request: FastifyRequest, reply: FastifyReply) {
+    await hijack(request, reply, () => fastify.mcpModern(request.principal, request.raw, reply.raw, request.body))
+  }
+
   fastify.post('/mcp', { bodyLimit: fastify.config.MCP_BODY_LIMIT }, async (request, reply) => {
     const body = request.body
     if (Array.isArray(body)) {
@@ -107,6 +143,7 @@ const route: FastifyPluginAsync = async (fastify) => {
     if (body === null || typeof body !== 'object') {
       throw rpcError(400, RPC.invalidRequest, 'Invalid Request: the body must be one JSON-RPC message object')
     }
+    if (isModern(request)) return dispatchModern(request, reply)
     if (request.headers['mcp-session-id'] !== undefined || !isInitializeRequest(body)) {
       const session = sessionOf(request)
       return dispatch(request, reply, session.transport, session)
@@ -127,11 +164,13 @@ const route: FastifyPluginAsync = async (fastify) => {
   })
 
   fastify.get('/mcp', async (request, reply) => {
+    if (isModern(request)) return dispatchModern(request, reply)
     const session = sessionOf(request)
     return dispatch(request, reply, session.transport, session)
   })
 
   fastify.delete('/mcp', async (request, reply) => {
+    if (isModern(request)) return dispatchModern(request, reply)
     const session = sessionOf(request)
     return dispatch(request, reply, session.transport, session)
   })

@@ -3,7 +3,7 @@
  * MCP_MAX_SESSIONS, and one principal's burst takes its room from the largest holder (itself when
  * it holds as many as anyone), so it cannot push another principal out.
  */
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { McpServer } from '@modelcontextprotocol/server'
 import t from 'tap'
 import { SessionCapacityError, SessionRegistry } from '../services/mcp/sessions.js'
 import { listen } from './helpers/app.js'

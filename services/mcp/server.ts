@@ -2,12 +2,12 @@
  * Builds the McpServer of one session and registers the tools on it. Tools read what they need
  * from `ToolDeps` (plain functions and services, no Fastify), so each is one obvious call.
  */
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import { McpServer, type CallToolResult, type ServerContext } from '@modelcontextprotocol/server'
 import * as z from 'zod'
 import { HealthReportSchema, SERVICE_NAME, type HealthReport } from '../health.js'
 import { AGENT_ID_PATTERN } from '../security.js'
-import { registerTaskTools, type TaskToolDeps } from './task-tools.js'
+import { installTasks, registerTaskTools, type TaskToolDeps } from './task-tools.js'
+import { taskCapabilities, type Era } from './tasks-protocol.js'
 
 export interface ToolDeps extends TaskToolDeps {
   version: string
@@ -44,13 +44,11 @@ export function toolError (message: string, details: Record<string, unknown> = {
   return { content: [{ type: 'text', text: JSON.stringify({ error: message, ...details }) }], isError: true }
 }
 
-interface RequestExtra { sessionId?: string, requestInfo?: { headers: Record<string, string | string[] | undefined> } }
-
-/** The caller of one tool call: principal of the session, agent id from the x-agent-id header. */
-export function callerOf (principal: string, extra: RequestExtra): Caller {
-  const header = extra.requestInfo?.headers['x-agent-id']
+/** The caller of one tool call: principal of the session (or request), agent id from the x-agent-id header. */
+export function callerOf (principal: string, ctx: ServerContext): Caller {
+  const header = ctx.http?.req?.headers.get('x-agent-id')
   const agentId = typeof header === 'string' && AGENT_ID_PATTERN.test(header) ? header : undefined
-  return { principal, sessionId: extra.sessionId, agentId }
+  return { principal, sessionId: ctx.sessionId, agentId }
 }
 
 /** Wraps every tool this server registers so `onToolCall` hears of each call's outcome. */
@@ -70,16 +68,22 @@ function countToolCalls (server: McpServer, onToolCall: ToolDeps['onToolCall']):
   })) as typeof server.registerTool
 }
 
-export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
+/**
+ * The McpServer of one legacy session, or of one modern (2026-07-28) request: the same tools in
+ * both eras, the era's form of Tasks.
+ */
+export function createMcpServer (deps: ToolDeps, principal: string, era: Era = 'legacy'): McpServer {
   const server = new McpServer(
     { name: SERVICE_NAME, version: deps.version },
     {
-      capabilities: { logging: {}, tools: {} },
+      // tools: registered with the first tool, after Tasks are installed
+      capabilities: { logging: {}, ...taskCapabilities(era) },
       instructions: 'Delegate development tasks to OpenCode running in an isolated container. ' +
         'Use opencode_execute_task to start one, get_task_status / get_task_history to follow it.'
     }
   )
 
+  installTasks(server, deps, principal, era)
   countToolCalls(server, deps.onToolCall)
 
   server.registerTool('ping', {
@@ -88,8 +92,8 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
     inputSchema: NoInput,
     outputSchema: PingOutput,
     annotations: { readOnlyHint: true, openWorldHint: false }
-  }, async (_args, extra) => {
-    const caller = callerOf(principal, extra)
+  }, async (_args, ctx) => {
+    const caller = callerOf(principal, ctx)
     return jsonResult({ pong: true as const, timestamp: new Date().toISOString(), principal: caller.principal, agent_id: caller.agentId ?? null, session_id: caller.sessionId ?? null })
   })
 
@@ -99,11 +103,9 @@ export function createMcpServer (deps: ToolDeps, principal: string): McpServer {
     inputSchema: NoInput,
     outputSchema: HealthReportSchema,
     annotations: { readOnlyHint: true, openWorldHint: false }
-  }, async (_args, extra) => {
+  }, async (_args, ctx) => {
     const report = deps.health()
-    if (report.status !== 'healthy') {
-      await server.sendLoggingMessage({ level: 'warning', logger: 'health', data: { status: report.status } }, extra.sessionId)
-    }
+    if (report.status !== 'healthy') await ctx.mcpReq.log('warning', { status: report.status }, 'health')
     return jsonResult(report)
   })
 

@@ -1,20 +1,21 @@
 /** The task tools: submit, status, history, control and list, all scoped to the caller's principal. */
-import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js'
-import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js'
+import type { CallToolResult, McpServer, ServerContext } from '@modelcontextprotocol/server'
 import * as z from 'zod'
 import type { JSONSchema } from 'zod/v4/core'
 import { DockerError } from '../docker/errors.js'
 import { MESSAGE_TYPES, type TaskEngine } from '../tasks/engine.js'
-import { MAX_LOG_OFFSET, MAX_OFFSET, TASK_STATUSES, TaskError, TERMINAL } from '../tasks/types.js'
+import { MAX_LOG_OFFSET, MAX_OFFSET, TASK_STATUSES, TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
 import { eventView, RecentEventSchema, recentEventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
 import { AGENT_ID_PATTERN } from '../security.js'
 import { callerOf, jsonResult, toolError } from './server.js'
+import { TaskProtocol, type Era } from './tasks-protocol.js'
 
 export interface TaskToolDeps {
   tasks: TaskEngine
   asyncEnabled: boolean
   syncWaitMs: number
+  /** TASK_RETENTION_MS: the ttl of MCP task handles. */
+  retentionMs: number
 }
 
 /** The TypeBox view schemas as the zod schemas the MCP SDK takes: one definition for tools and routes. */
@@ -38,25 +39,23 @@ const workspacePath = (path: string) => path.replace(/^\/+/, '')
 /** events_limit=-1 ("all") returns at most this many events; page on with events_offset. */
 const EVENTS_ALL_CAP = 10_000
 
-type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>
-
 /**
  * Waits for a task's end (at most `ms`), sending MCP progress notifications when the client gave a
  * progress token: one per agent event (the tool it used, its text), and a heartbeat every 2 s.
  */
-async function waitWithProgress (tasks: TaskEngine, principal: string, id: string, ms: number, extra: Extra) {
-  const progressToken = extra._meta?.progressToken
-  if (progressToken === undefined) return tasks.waitForEnd(id, ms, extra.signal)
+async function waitWithProgress (tasks: TaskEngine, principal: string, id: string, ms: number, ctx: ServerContext) {
+  const progressToken = ctx.mcpReq._meta?.progressToken
+  if (progressToken === undefined) return tasks.waitForEnd(id, ms, ctx.mcpReq.signal)
   let progress = 0
   const send = (message: string) => {
-    extra.sendNotification({ method: 'notifications/progress', params: { progressToken, progress: ++progress, message } }).catch(() => {})
+    ctx.mcpReq.notify({ method: 'notifications/progress', params: { progressToken, progress: ++progress, message } }).catch(() => {})
   }
   // one engine dispatcher for every task's subscribers, not one engine listener per call
   const unsubscribe = tasks.subscribe(id, (event) => send(event.summary))
   send(`task ${tasks.get(principal, id).status}`)
   const heartbeat = setInterval(() => send(`task ${tasks.get(principal, id).status}${tasks.lastEvent(id) ? `: ${tasks.lastEvent(id)}` : ''}`), 2_000)
   try {
-    return await tasks.waitForEnd(id, ms, extra.signal)
+    return await tasks.waitForEnd(id, ms, ctx.mcpReq.signal)
   } finally {
     clearInterval(heartbeat)
     unsubscribe()
@@ -182,6 +181,34 @@ const ReadTaskFileOutput = z.object({
 const GetTaskDiffInput = z.object({ task_id: taskId })
 const GetTaskDiffOutput = z.object({ task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() })
 
+/** A task as `opencode_execute_task` returns it (and MCP Tasks hand back as its result). */
+function executeResult (task: TaskRecord, existing: boolean): CallToolResult {
+  const view = { ...taskView(task), existing }
+  if (!TERMINAL.has(task.status)) {
+    const follow = `call get_task_status with task_id "${task.id}" to follow it (it is not cancelled if this call is interrupted).`
+    return jsonResult({ ...view, hint: `The task continues in the background: ${follow}`, message: `Task ${task.status}: ${follow}` })
+  }
+  return jsonResult(view)
+}
+
+/**
+ * MCP Tasks for `opencode_execute_task`: a client that asks for a task (2025: `params.task`; 2026:
+ * the tasks extension) gets a handle at once. Installed before any tool is registered.
+ */
+export function installTasks (server: McpServer, deps: TaskToolDeps, principal: string, era: Era): void {
+  const protocol = new TaskProtocol({ tasks: deps.tasks, retentionMs: deps.retentionMs, view: (task) => executeResult(task, false) }, principal, era)
+  protocol.install(server, 'opencode_execute_task', async (args, ctx) => {
+    const parsed = OpencodeExecuteTaskInput.safeParse(args)
+    // invalid arguments get the SDK's validation error; with async execution off, the call runs synchronously
+    if (!parsed.success || !deps.asyncEnabled) return undefined
+    try {
+      return { task: deps.tasks.submit({ principal, agentId: callerOf(principal, ctx).agentId }, parsed.data).task }
+    } catch (err) {
+      return { refused: fromError(err) }
+    }
+  })
+}
+
 export function registerTaskTools (server: McpServer, deps: TaskToolDeps, principal: string): void {
   const { tasks } = deps
 
@@ -192,12 +219,12 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
       'Follow it with get_task_status / get_task_history. observers are recorded only.',
     inputSchema: OpencodeExecuteTaskInput,
     outputSchema: OpencodeExecuteTaskOutput
-  }, async (args, extra) => {
+  }, async (args, ctx) => {
     const sync = args.sync ?? !deps.asyncEnabled
     if (!sync && !deps.asyncEnabled) {
       return toolError('Asynchronous execution is disabled on this server (ENABLE_ASYNC_EXECUTE=false): call again with sync=true', { code: 'disabled' })
     }
-    const caller = callerOf(principal, extra)
+    const caller = callerOf(principal, ctx)
     let submitted
     try {
       submitted = tasks.submit({ principal, agentId: caller.agentId }, args)
@@ -206,14 +233,9 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     let task = submitted.task
     if (sync && !TERMINAL.has(task.status)) {
-      task = await waitWithProgress(tasks, principal, task.id, deps.syncWaitMs, extra)
+      task = await waitWithProgress(tasks, principal, task.id, deps.syncWaitMs, ctx)
     }
-    const view = { ...taskView(task), existing: submitted.existing }
-    if (!TERMINAL.has(task.status)) {
-      const follow = `call get_task_status with task_id "${task.id}" to follow it.`
-      return jsonResult({ ...view, hint: `The task continues in the background: ${follow}`, message: `Task ${task.status}: ${follow}` })
-    }
-    return jsonResult(view)
+    return executeResult(task, submitted.existing)
   })
 
   server.registerTool('get_task_status', {
