@@ -212,7 +212,7 @@ export function installTasks (server: McpServer, deps: TaskToolDeps, principal: 
 export function registerTaskTools (server: McpServer, deps: TaskToolDeps, principal: string): void {
   const { tasks } = deps
 
-  server.registerTool('opencode_execute_task', {
+  const execute = server.registerTool('opencode_execute_task', {
     title: 'Run a development task with OpenCode',
     description: 'Runs a development task in an isolated, resource-limited container. With sync=true waits for the result ' +
       `(at most ${Math.round(deps.syncWaitMs / 1000)} s, then returns the task id with status running); otherwise returns the task id at once. ` +
@@ -237,6 +237,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     return executeResult(task, submitted.existing)
   })
+  // MCP Tasks (2025-11-25): a client may ask for a task handle instead (see installTasks)
+  execute.execution = { taskSupport: 'optional' }
 
   server.registerTool('get_task_status', {
     title: 'Task status',

@@ -232,8 +232,8 @@ export class TaskProtocol {
       return { resultType: 'complete', ...this.v2(task), ...detail }
     })
 
-    // nothing of ours asks for input: answers are acknowledged and ignored, as the spec says of unknown keys
-    protocol.setRequestHandler('tasks/update', { params: UpdateTaskRequestV2Schema.shape.params }, async ({ taskId }, ctx) => {
+    // nothing of ours asks for input: any answers are acknowledged and ignored, as the spec says of unknown keys
+    protocol.setRequestHandler('tasks/update', { params: UpdateTaskRequestV2Schema.shape.params.pick({ taskId: true }) }, async ({ taskId }, ctx) => {
       gate(ctx)
       this.find(taskId)
       return { resultType: 'complete' }
