@@ -216,7 +216,8 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     title: 'Run a development task with OpenCode',
     description: 'Runs a development task in an isolated, resource-limited container. With sync=true waits for the result ' +
       `(at most ${Math.round(deps.syncWaitMs / 1000)} s, then returns the task id with status running); otherwise returns the task id at once. ` +
-      'Follow it with get_task_status / get_task_history. observers are recorded only.',
+      'Follow it with get_task_status / get_task_history. A sync call that is interrupted (the client goes away) stops waiting, ' +
+      'never the task: it keeps its id and runs to its end. MCP Tasks clients get a task handle instead. observers are recorded only.',
     inputSchema: OpencodeExecuteTaskInput,
     outputSchema: OpencodeExecuteTaskOutput
   }, async (args, ctx) => {
