@@ -3,8 +3,8 @@
  * session count, security settings), so a probe never waits on a dependency.
  */
 import fp from 'fastify-plugin'
-import { SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/server'
 import { healthReport, type HealthReport } from '../services/health.js'
+import { PROTOCOL_VERSIONS } from '../services/mcp/server.js'
 import { SERVICE_VERSION } from '../services/meta.js'
 
 declare module 'fastify' {
@@ -21,7 +21,7 @@ export default fp(async (fastify) => {
       sessions: fastify.mcpSessions.size,
       runner: fastify.runnerImage.state,
       security: fastify.securityReport(),
-      protocolVersions: SUPPORTED_PROTOCOL_VERSIONS,
+      protocolVersions: PROTOCOL_VERSIONS,
       tasks: {
         running: fastify.tasks.running,
         queued: fastify.tasks.queued,

@@ -40,6 +40,16 @@ t.test('server/discover advertises the version, the tools and the Tasks extensio
   t.equal(json.result._meta['io.modelcontextprotocol/serverInfo'].name, 'letta-opencode-plugin')
 })
 
+t.test('/health names the versions of both eras; a bare probe that claims no era is a 2025 request: 400, never a 5xx', async (t) => {
+  const { app, url } = await listen(t)
+  const health = await app.inject({ url: '/health' })
+  t.same(health.json().protocol_versions.slice(0, 3), [MODERN, '2025-11-25', '2025-06-18'])
+  // server/discover with no version header and no envelope: Claude Code's probe falls back to initialize on this
+  const res = await fetch(new URL('/mcp', url), { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'server/discover' }) })
+  t.equal(res.status, 400)
+  t.match(await res.json(), { error: { message: /Mcp-Session-Id header is required/ } })
+})
+
 t.test('the modern wire: required headers, versions and methods are checked, never a 5xx', async (t) => {
   const { url } = await listen(t)
   const cases: Array<[string, () => Promise<{ status: number, json: { error?: { code: number } } }>, number, number]> = [

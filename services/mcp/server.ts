@@ -2,10 +2,10 @@
  * Builds the McpServer of one session and registers the tools on it. Tools read what they need
  * from `ToolDeps` (plain functions and services, no Fastify), so each is one obvious call.
  */
-import { McpServer, type CallToolResult, type ServerContext } from '@modelcontextprotocol/server'
+import { McpServer, SUPPORTED_PROTOCOL_VERSIONS, type CallToolResult } from '@modelcontextprotocol/server'
 import * as z from 'zod'
 import { HealthReportSchema, SERVICE_NAME, type HealthReport } from '../health.js'
-import { AGENT_ID_PATTERN } from '../security.js'
+import { callerOf, jsonResult } from './results.js'
 import { installTasks, registerTaskTools, type TaskToolDeps } from './task-tools.js'
 import { taskCapabilities, type Era } from './tasks-protocol.js'
 
@@ -17,6 +17,9 @@ export interface ToolDeps extends TaskToolDeps {
   onToolCall?: (tool: string, outcome: 'ok' | 'error' | 'exception') => void
 }
 
+/** The protocol versions served on /mcp: 2026-07-28 (stateless) and the 2025 era's (sessions). */
+export const PROTOCOL_VERSIONS: readonly string[] = ['2026-07-28', ...SUPPORTED_PROTOCOL_VERSIONS]
+
 /** Built once for every session. */
 const PingOutput = z.object({
   pong: z.literal(true),
@@ -26,30 +29,6 @@ const PingOutput = z.object({
   session_id: z.string().nullable()
 })
 const NoInput = z.object({})
-
-/** What every tool knows about its caller. */
-export interface Caller {
-  principal: string
-  sessionId: string | undefined
-  agentId: string | undefined
-}
-
-/** A tool result: structured content plus the same JSON as text, for clients that read only text. */
-export function jsonResult<T extends Record<string, unknown>> (data: T, isError = false): CallToolResult {
-  return { content: [{ type: 'text', text: JSON.stringify(data) }], structuredContent: data, ...(isError ? { isError: true } : {}) }
-}
-
-/** A tool error: `isError` with a message that names the field and the fix. */
-export function toolError (message: string, details: Record<string, unknown> = {}): CallToolResult {
-  return { content: [{ type: 'text', text: JSON.stringify({ error: message, ...details }) }], isError: true }
-}
-
-/** The caller of one tool call: principal of the session (or request), agent id from the x-agent-id header. */
-export function callerOf (principal: string, ctx: ServerContext): Caller {
-  const header = ctx.http?.req?.headers.get('x-agent-id')
-  const agentId = typeof header === 'string' && AGENT_ID_PATTERN.test(header) ? header : undefined
-  return { principal, sessionId: ctx.sessionId, agentId }
-}
 
 /** Wraps every tool this server registers so `onToolCall` hears of each call's outcome. */
 function countToolCalls (server: McpServer, onToolCall: ToolDeps['onToolCall']): void {

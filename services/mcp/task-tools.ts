@@ -7,7 +7,7 @@ import { MESSAGE_TYPES, type TaskEngine } from '../tasks/engine.js'
 import { MAX_LOG_OFFSET, MAX_OFFSET, TASK_STATUSES, TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
 import { eventView, RecentEventSchema, recentEventView, TaskEventSchema, TaskViewSchema, taskView } from '../tasks/view.js'
 import { AGENT_ID_PATTERN } from '../security.js'
-import { callerOf, jsonResult, toolError } from './server.js'
+import { callerOf, jsonResult, toolError } from './results.js'
 import { TaskProtocol, type Era } from './tasks-protocol.js'
 
 export interface TaskToolDeps {
