@@ -65,8 +65,10 @@ t.test('Inspector CLI: tools/list and tools/call ping in the legacy, auto and mo
 
 t.test('Inspector CLI: a wrong token fails in every era (non-zero exit, no result)', async (t) => {
   const { url } = await listen(t, { env: { MCP_AUTH_TOKENS: `alice:${TOKEN}` } })
-  for (const era of ['legacy', 'auto', 'modern']) {
-    const { code, stdout, stderr } = await inspector(url, era, 'wrong-token-0123456789', ['--method', 'tools/list'])
+  const eras = ['legacy', 'auto', 'modern']
+  const runs = await Promise.all(eras.map((era) => inspector(url, era, 'wrong-token-0123456789', ['--method', 'tools/list'])))
+  for (const [i, era] of eras.entries()) {
+    const { code, stdout, stderr } = runs[i]
     t.not(code, 0, `${era}: non-zero exit (${code})`)
     t.equal(stdout.trim(), '', `${era}: no result on stdout`)
     // the error is one JSON line on stderr (after any npm notices)
