@@ -232,9 +232,12 @@ export class TaskProtocol {
       return { resultType: 'complete', ...this.v2(task), ...detail }
     })
 
-    // nothing of ours asks for input: any answers are acknowledged and ignored, as the spec says of unknown keys
-    protocol.setRequestHandler('tasks/update', { params: UpdateTaskRequestV2Schema.shape.params.pick({ taskId: true }) }, async ({ taskId }, ctx) => {
+    // nothing of ours asks for input: answers are acknowledged and ignored, as the spec says of unknown keys.
+    // The SDK lifts `inputResponses` out of params (into ctx.mcpReq) before validation, so the params
+    // schema must not require it (it did: every tasks/update was -32602, before the -32021 gate as well)
+    protocol.setRequestHandler('tasks/update', { params: UpdateTaskRequestV2Schema.shape.params.omit({ inputResponses: true }) }, async ({ taskId }, ctx) => {
       gate(ctx)
+      if (ctx.mcpReq.inputResponses === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidParams, 'Invalid params for tasks/update: inputResponses is required')
       this.find(taskId)
       return { resultType: 'complete' }
     })
