@@ -5,7 +5,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import sensible from '@fastify/sensible'
-import type { FastifyError, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import { LogController, type FastifyError, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
@@ -22,6 +22,35 @@ import metricsRoute from './routes/metrics.js'
 import tasksRoute from './routes/tasks.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
+
+/**
+ * Fastify's per-request lines ("incoming request", "request completed") at debug instead of info:
+ * at info they cost a tenth of the CPU of a busy MCP endpoint, and a tool call has its own info
+ * line. Errors keep their levels.
+ */
+export class RequestLogs extends LogController {
+  override incomingRequest (request: FastifyRequest): void {
+    if (!this.isLogDisabled(request)) request.log.debug({ req: request }, 'incoming request')
+  }
+
+  override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply, metadata?: Record<string, unknown>): void {
+    if (error) super.requestCompleted(error, request, reply, metadata)
+    else if (!this.isLogDisabled(request)) reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
+  }
+}
+
+/** Server options of the service (the entry point adds the logger and plugin timeout). */
+export function serverOptions (): FastifyServerOptions {
+  return {
+    requestTimeout: 0, // SSE streams and sync tool calls are long-lived; idle sockets still time out
+    keepAliveTimeout: 65_000,
+    connectionTimeout: 0,
+    forceCloseConnections: 'idle',
+    // during the drain requests are still served: /health says draining, status tools keep working
+    return503OnClosing: false,
+    logController: new RequestLogs()
+  }
+}
 
 type Bounds = Record<string, { minimum?: number, maximum?: number } | undefined>
 

@@ -4,7 +4,7 @@
  */
 import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
-import app from './app.js'
+import app, { serverOptions } from './app.js'
 import { ConfigError, readEnvSources } from './services/config.js'
 import { loggerOptions } from './services/logging.js'
 
@@ -21,14 +21,9 @@ async function main (): Promise<void> {
   const number = (value: string | undefined, fallback: number) => (value === undefined || Number.isNaN(Number(value)) ? fallback : Number(value))
   const drainMs = number(env.SHUTDOWN_GRACE_MS, 20_000) + number(env.RUNNER_STOP_GRACE_S, 10) * 1000 + 15_000
   const fastify = Fastify({
+    ...serverOptions(),
     logger: loggerOptions(env),
-    pluginTimeout: Math.max(10_000, drainMs),
-    requestTimeout: 0, // SSE streams and sync tool calls are long-lived; idle sockets still time out
-    keepAliveTimeout: 65_000,
-    connectionTimeout: 0,
-    forceCloseConnections: 'idle',
-    // during the drain requests are still served: /health says draining, status tools keep working
-    return503OnClosing: false
+    pluginTimeout: Math.max(10_000, drainMs)
   })
   try {
     await fastify.register(app, { env, envFile: false })

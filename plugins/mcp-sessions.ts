@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { toNodeHandler } from '@modelcontextprotocol/node'
 import { createMcpHandler } from '@modelcontextprotocol/server'
 import fp from 'fastify-plugin'
-import { createMcpServer } from '../services/mcp/server.js'
+import { createMcpServer, type ToolCall } from '../services/mcp/server.js'
 import { SessionRegistry } from '../services/mcp/sessions.js'
 import { SERVICE_VERSION } from '../services/meta.js'
 
@@ -28,7 +28,10 @@ export default fp(async (fastify) => {
     asyncEnabled: fastify.config.ENABLE_ASYNC_EXECUTE,
     syncWaitMs: fastify.config.SYNC_WAIT_MS,
     retentionMs: fastify.config.TASK_RETENTION_MS,
-    onToolCall: (tool: string, outcome: 'ok' | 'error' | 'exception') => fastify.metrics.toolCall(tool, outcome)
+    onToolCall: (call: ToolCall) => {
+      fastify.metrics.toolCall(call.tool, call.outcome)
+      fastify.log.info(call, 'mcp tool call')
+    }
   }
   const registry = new SessionRegistry({
     ttlMs: fastify.config.MCP_SESSION_TTL_MS,

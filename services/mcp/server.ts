@@ -13,8 +13,16 @@ export interface ToolDeps extends TaskToolDeps {
   version: string
   /** The same report as GET /health. */
   health: () => HealthReport
-  /** Told of every tool call's outcome (metrics). */
-  onToolCall?: (tool: string, outcome: 'ok' | 'error' | 'exception') => void
+  /** Told of every tool call when it ends: metrics and the call's log line. */
+  onToolCall?: (call: ToolCall) => void
+}
+
+/** One tool call as it ended: `error` is a tool error result, `exception` a handler that threw. */
+export interface ToolCall {
+  tool: string
+  principal: string
+  outcome: 'ok' | 'error' | 'exception'
+  durationMs: number
 }
 
 /** The protocol versions served on /mcp: 2026-07-28 (stateless) and the 2025 era's (sessions). */
@@ -30,18 +38,20 @@ const PingOutput = z.object({
 })
 const NoInput = z.object({})
 
-/** Wraps every tool this server registers so `onToolCall` hears of each call's outcome. */
-function countToolCalls (server: McpServer, onToolCall: ToolDeps['onToolCall']): void {
+/** Wraps every tool this server registers so `onToolCall` hears of each call: outcome and duration. */
+function countToolCalls (server: McpServer, principal: string, onToolCall: ToolDeps['onToolCall']): void {
   if (!onToolCall) return
   const register = server.registerTool.bind(server)
   type Handler = (...args: unknown[]) => Promise<CallToolResult>
-  server.registerTool = ((name: string, config: object, handler: Handler) => register(name, config, async (...args: unknown[]) => {
+  server.registerTool = ((tool: string, config: object, handler: Handler) => register(tool, config, async (...args: unknown[]) => {
+    const start = performance.now()
+    const ended = (outcome: ToolCall['outcome']) => onToolCall({ tool, principal, outcome, durationMs: Math.round((performance.now() - start) * 1000) / 1000 })
     try {
       const result = await handler(...args)
-      onToolCall(name, result.isError ? 'error' : 'ok')
+      ended(result.isError ? 'error' : 'ok')
       return result
     } catch (err) {
-      onToolCall(name, 'exception')
+      ended('exception')
       throw err
     }
   })) as typeof server.registerTool
@@ -63,7 +73,7 @@ export function createMcpServer (deps: ToolDeps, principal: string, era: Era = '
   )
 
   installTasks(server, deps, principal, era)
-  countToolCalls(server, deps.onToolCall)
+  countToolCalls(server, principal, deps.onToolCall)
 
   server.registerTool('ping', {
     title: 'Ping',

@@ -2,13 +2,15 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import app, { type AppOptions } from '../../app.js'
 import { removeOwned } from './docker.js'
 
 export interface BuildOptions extends Omit<AppOptions, 'env'> {
   env?: Record<string, string>
+  /** Fastify's options (default: no logger). */
+  server?: FastifyServerOptions
 }
 
 /** A temporary directory removed when the test ends. */
@@ -20,12 +22,13 @@ export function tempDir (t: Test, prefix = 'lop-'): string {
 
 /** The app with the given environment only (process.env and .env are not read), closed after the test. */
 export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
-  const fastify = Fastify({ logger: false })
+  const { server, ...appOpts } = opts
+  const fastify = Fastify({ logger: false, ...server })
   const dataDir = mkdtempSync(join(tmpdir(), 'lop-data-'))
   // no drain wait at teardown unless a test asks for one; no load shedding unless a test asks for it
   // (a busy CI machine delays the event loop past the default threshold and would see 503s)
   const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', SHED_EVENT_LOOP_DELAY_MS: '0', ...opts.env }
-  await fastify.register(app, { ...opts, env, envFile: false })
+  await fastify.register(app, { ...appOpts, env, envFile: false })
   t.teardown(async () => {
     await fastify.close()
     rmSync(dataDir, { recursive: true, force: true })
