@@ -164,3 +164,50 @@ t.test('generated bad input: no 5xx, no internal error, no tool exception', asyn
   t.pass('tools: 1500 generated calls, every answer a result or a tool error')
   t.equal(await exceptions(app), 0, 'no tool threw')
 })
+
+t.test('generated bad input in the 2026-07-28 era, Tasks included: no 5xx, no internal error, no tool exception', async (t) => {
+  const app = await build(t, {
+    env: { MCP_AUTH_TOKENS: `alice:${TOKEN}`, SYNC_WAIT_MS: '100', SHED_EVENT_LOOP_DELAY_MS: '0' },
+    docker: { socketPath: `${tempDir(t)}/no-engine.sock` }
+  })
+  const MODERN = '2026-07-28'
+  const TASKS = { extensions: { 'io.modelcontextprotocol/tasks': {} } }
+  const envelope = (capabilities: unknown) => ({
+    'io.modelcontextprotocol/protocolVersion': MODERN,
+    'io.modelcontextprotocol/clientInfo': { name: 'fuzz', version: '1' },
+    'io.modelcontextprotocol/clientCapabilities': capabilities
+  })
+  const send = (body: Record<string, unknown>, headers: Record<string, string>) => app.inject({ method: 'POST', url: '/mcp', headers: { ...MCP, 'mcp-protocol-version': MODERN, ...headers }, payload: json(body) })
+  // a real (failed) task of the caller, so existing ids are among the inputs
+  const created = rpcOf((await send({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'opencode_execute_task', arguments: { task_description: 'fuzz' }, _meta: envelope(TASKS) } }, { 'mcp-method': 'tools/call', 'mcp-name': 'opencode_execute_task' })).body)
+  const taskId = (created?.result as { taskId?: string } | undefined)?.taskId as string
+  t.match(taskId, /^task_/, 'a task handle')
+
+  const methods = fc.constantFrom('server/discover', 'tools/list', 'tools/call', 'tasks/get', 'tasks/update', 'tasks/cancel', 'tasks/result', 'tasks/list', 'ping', 'initialize', 'subscriptions/listen', 'x/unknown')
+  const name = fc.oneof(fc.constantFrom('opencode_execute_task', 'get_task_status', 'send_task_control', 'ping', 'nope'), fc.string({ maxLength: 20 }))
+  const capabilities = fc.oneof(fc.constant<unknown>(TASKS), fc.constant<unknown>({}), argValue)
+  const message = fc.record({
+    method: methods,
+    name,
+    taskId: fc.oneof(fc.constant<unknown>(taskId), argValue),
+    args: fc.oneof(fc.dictionary(fc.constantFrom('task_description', 'task_id', 'sync', 'timeout_ms', 'control', 'limit', 'x'), argValue, { maxKeys: 4 }), argValue),
+    extra: fc.dictionary(fc.constantFrom('task', 'inputResponses', 'cursor', '_meta'), argValue, { maxKeys: 2 }),
+    capabilities,
+    withEnvelope: fc.boolean(),
+    headerMethod: fc.option(fc.oneof(methods, fc.string({ maxLength: 20 }).filter((s) => /^[\x21-\x7e]*$/.test(s)))),
+    headerName: fc.option(fc.oneof(name, fc.constant(taskId)).filter((s) => /^[\x21-\x7e]+$/.test(s)))
+  })
+  let rpcId = 2
+  await fc.assert(fc.asyncProperty(message, async (m) => {
+    const params = { ...m.extra, ...(m.method === 'tools/call' ? { name: m.name, arguments: m.args } : { taskId: m.taskId }), ...(m.withEnvelope ? { _meta: envelope(m.capabilities) } : {}) }
+    const headers: Record<string, string> = {}
+    if (m.headerMethod !== null) headers['mcp-method'] = m.headerMethod
+    if (m.headerName !== null) headers['mcp-name'] = m.headerName
+    const body = { jsonrpc: '2.0', id: rpcId++, method: m.method, params }
+    const res = await send(body, headers)
+    if (res.statusCode >= 500) throw new Error(`${json(body)} ${JSON.stringify(headers)} → ${res.statusCode} ${res.body}`)
+    if (rpcOf(res.body)?.error?.code === -32603) throw new Error(`${json(body)} → internal error ${res.body}`)
+  }), { seed: SEED, numRuns: 1_500 })
+  t.pass('modern /mcp: 1500 generated messages, no 5xx, no internal error')
+  t.equal(await exceptions(app), 0, 'no tool threw')
+})
