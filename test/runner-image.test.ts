@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { containerSpec } from '../services/tasks/container-spec.js'
+import { containerSpec } from '../services/runner/container-spec.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import { TaskStore } from '../services/tasks/store.js'
 import type { TaskRecord } from '../services/tasks/types.js'

@@ -19,8 +19,8 @@ import { noOpencode, OPENCODE_NOT_FOUND, VERSION_TIMEOUT_MS, type RunnerImagePro
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
-import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
-import { followLog, readLogRange } from './output.js'
+import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
+import { followLog, readLogRange } from '../runner/output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
@@ -761,7 +761,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.warn({ taskId, container: c.Id }, 'removed orphan task container')
       this.emit('orphan_removed', c.Id)
     }
-    await this.workspaces.expire((taskId) => this.store.get(taskId), (taskId) => {
+    await this.workspaces.expire((taskId) => {
+      const task = this.store.get(taskId)
+      return task && { ended: TERMINAL.has(task.status), finished_at: task.finished_at, workspace_removed_at: task.workspace_removed_at }
+    }, (taskId) => {
       this.store.update(taskId, { workspace_removed_at: Date.now() })
       this.log.info({ taskId }, 'workspace removed after its retention period')
     })
