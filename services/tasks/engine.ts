@@ -22,6 +22,7 @@ import { Workspaces } from '../runner/workspaces.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
 import { followLog, readLogRange } from '../runner/output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
+import { transition } from './lifecycle.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
@@ -311,7 +312,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       await this.removeContainer(id, live)
       task = this.store.get(id) as TaskRecord
       this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
-      this.store.update(id, { status: 'queued', output: outcome.capture.output.text() })
+      transition(this.store, id, 'queued', { output: outcome.capture.output.text() })
       task = this.store.get(id) as TaskRecord
       live.remainingMs = task.timeout_ms
     }
@@ -329,8 +330,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const turn = task.turns + 1
     const prompt = turn === 1 ? task.description : task.pending[0]
     const startedAt = Date.now()
-    this.store.update(id, {
-      status: 'running',
+    transition(this.store, id, 'running', {
       turns: turn,
       pending: turn === 1 ? task.pending : task.pending.slice(1),
       ...(turn === 1 ? { started_at: startedAt } : {})
@@ -514,7 +514,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: fields.status })
       this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
     }
-    this.store.update(id, { ...fields, finished_at: finishedAt })
+    const { status, ...rest } = fields
+    transition(this.store, id, status, { ...rest, finished_at: finishedAt })
     this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
     this.live.delete(id)
     const done = this.store.get(id) as TaskRecord
@@ -620,7 +621,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
     if (this.semaphore.full) throw this.queueFull()
-    this.store.update(id, { status: 'queued', pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
+    transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
     const event = this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
     const queued = this.store.get(id) as TaskRecord
     this.schedule(queued)
@@ -669,14 +670,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       clearTimeout(live.timer)
       clearTimeout(live.idle)
       live.remainingMs -= Date.now() - live.resumedAt
-      this.store.update(id, { status: 'paused', remaining_ms: live.remainingMs, resumed_at: null })
+      transition(this.store, id, 'paused', { remaining_ms: live.remainingMs, resumed_at: null })
     } else {
       await this.docker.unpauseContainer(live.containerId)
       live.paused = false
       live.resumedAt = Date.now()
       this.armTimeout(id, live)
       this.armIdle(id, live)
-      this.store.update(id, { status: 'running', remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
+      transition(this.store, id, 'running', { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     }
     this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs, ...why })
     this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
@@ -721,7 +722,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const left = task.remaining_ms ?? task.timeout_ms
       const since = task.remaining_ms == null ? task.started_at : task.resumed_at
       const remainingMs = paused ? left : left - (since ? Date.now() - since : 0)
-      this.store.update(task.id, { status: paused ? 'paused' : 'running', remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
+      transition(this.store, task.id, paused ? 'paused' : 'running', { remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
       this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs, ...(exited ? { exited: true } : {}) })
       this.schedule(task, { containerId: task.container_id as string, remainingMs, paused, exited })
     }
