@@ -4,7 +4,8 @@
  * throws and writes nothing; the store's compare and set refuses a write from a stale status.
  */
 import t from 'tap'
-import { allowed, IllegalTransitionError, transition } from '../services/tasks/lifecycle.js'
+import { allowed, IllegalTransitionError, transition, turnEnd } from '../services/tasks/lifecycle.js'
+import type { TurnOutcome } from '../services/tasks/run.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
 import { TASK_STATUSES, type TaskRecord, type TaskStatus } from '../services/tasks/types.js'
 import { tempDir } from './helpers/app.js'
@@ -85,4 +86,20 @@ t.test('setStatus is a compare and set: a write from a stale status is refused',
   t.match(store.get('task_c'), { status: 'running', turns: 0 }, 'nothing written')
   store.setStatus('task_c', 'running', 'paused', { remaining_ms: 10 })
   t.match(store.get('task_c'), { status: 'paused', remaining_ms: 10 })
+})
+
+t.test('turnEnd: a turn\'s end as the task\'s status and error', async (t) => {
+  const config = { RUNNER_MEMORY_LIMIT: '64m', SHUTDOWN_GRACE_MS: 5000, RUNNER_IDLE_TIMEOUT_MS: 900, RUNNER_IMAGE: 'img:1' }
+  const end = (reason: TurnOutcome['reason'], exitCode: number | null, output = '', engineError?: string) =>
+    turnEnd({ reason, exitCode, engineError, capture: { output: { text: () => output } } as unknown as TurnOutcome['capture'] }, 1234, config)
+  t.same(end('exit', 0), { status: 'completed', error: null })
+  t.same(end('exit', 3), { status: 'failed', error: 'exited with code 3' })
+  t.match(end('exit', 127, 'sh: opencode: not found'), { status: 'failed', error: /img:1 has no `opencode`/ })
+  t.same(end('exit', 127, 'something else'), { status: 'failed', error: 'exited with code 127' })
+  t.same(end('timeout', null), { status: 'timeout', error: 'timed out after 1234 ms; the container was stopped' })
+  t.same(end('cancelled', 137), { status: 'cancelled', error: null })
+  t.match(end('oom', 137), { status: 'failed', error: /RUNNER_MEMORY_LIMIT=64m/ })
+  t.match(end('stalled', 143), { status: 'failed', error: /no output for 900 ms/ })
+  t.match(end('interrupted', 143), { status: 'failed', error: /SHUTDOWN_GRACE_MS=5000/ })
+  t.same(end('engine_error', null, '', 'socket hang up'), { status: 'failed', error: 'socket hang up' })
 })

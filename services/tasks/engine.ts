@@ -13,14 +13,14 @@ import type { Config } from '../config.js'
 import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { noOpencode, OPENCODE_NOT_FOUND, VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
+import { VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
 import { followLog, readLogRange } from '../runner/output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
-import { transition } from './lifecycle.js'
+import { transition, turnEnd } from './lifecycle.js'
 import { Run, type TurnOutcome } from './run.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
@@ -395,24 +395,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   private async endTask (id: string, live: Run, outcome: TurnOutcome): Promise<boolean> {
     const { reason, exitCode, capture } = outcome
-    const status: TaskStatus = reason === 'timeout'
-      ? 'timeout'
-      : reason === 'cancelled' ? 'cancelled' : reason === 'exit' && exitCode === 0 ? 'completed' : 'failed'
-    const errors: Partial<Record<EndReason, string>> = {
-      timeout: `timed out after ${this.store.get(id)?.timeout_ms} ms; the container was stopped`,
-      oom: `killed for running out of memory (RUNNER_MEMORY_LIMIT=${this.config.RUNNER_MEMORY_LIMIT})`,
-      engine_error: outcome.engineError ?? 'engine error',
-      interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${this.config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
-      stalled: `no output for ${this.config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
-      exit: status === 'failed' ? (exitCode === 127 && OPENCODE_NOT_FOUND.test(capture.output.text()) ? noOpencode(this.config.RUNNER_IMAGE) : `exited with code ${exitCode}`) : undefined
-    }
+    const { status, error } = turnEnd(outcome, this.store.get(id)?.timeout_ms, this.config)
     const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
     // from here to the terminal write in finish() nothing awaits: message() cannot slip in between
     if (this.continues(id, live, outcome)) return false
     await this.finish(id, {
       status,
       reason,
-      error: errors[reason] ?? null,
+      error,
       exit_code: exitCode,
       output: capture.output.text(),
       output_truncated: capture.output.truncated,
