@@ -1,9 +1,10 @@
 /**
- * The task engine: submit (validate → idempotency → store queued → semaphore), run (workspace →
- * container create → attach → start → capture events | timeout | idle | cancel → remove), turns
- * (follow-up messages continue the same OpenCode session in the same workspace), the reads and
- * controls scoped to the caller's principal, and recovery. Every state change is written to the
- * store before the side effect that follows it, so a restart can reconcile.
+ * The task service: submit (validate → idempotency → store queued → semaphore), the turns of a task
+ * while it holds a slot (each turn's container, clocks and capture are a Run, run.ts; follow-up
+ * messages continue the same OpenCode session in the same workspace), the reads and controls scoped
+ * to the caller's principal, and recovery, reconcile and drain. Every state change is written to
+ * the store before the side effect that follows it, so a restart can reconcile; every status write
+ * goes through lifecycle.transition().
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
