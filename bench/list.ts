@@ -14,7 +14,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import Fastify from 'fastify'
 import app from '../app.js'
 import { ANONYMOUS_PRINCIPAL } from '../services/security.js'
-import { TaskStore } from '../services/tasks/store.js'
+import { SqliteTaskStore } from '../services/tasks/store.js'
 
 const TASKS = 100_000
 const ROUNDS = 50
@@ -31,7 +31,7 @@ async function timed (fn: () => unknown): Promise<number> {
 
 /** 100,000 ended tasks, inserted in one transaction. */
 function populate (dataDir: string): void {
-  const store = new TaskStore(dataDir)
+  const store = new SqliteTaskStore(dataDir)
   const insert = store.db.prepare(`INSERT INTO tasks (id, principal, agent_id, description, status, timeout_ms, created_at, started_at, finished_at,
     exit_code, reason, output_bytes, result, turns, pending, has_diff) VALUES (?, ?, 'agent-bench', ?, 'completed', 300000, ?, ?, ?, 0, 'exit', ?, ?, 1, '[]', 1)`)
   const content = store.db.prepare('INSERT INTO task_content (task_id, output, seed, diff) VALUES (?, ?, ?, ?)')
@@ -63,7 +63,7 @@ export async function runListBench () {
     const body = res.structuredContent as { total: number, tasks: unknown[] }
     if (res.isError || body.total !== TASKS) throw new Error(`list_tasks: ${JSON.stringify(res).slice(0, 300)}`)
   }
-  const store = fastify.tasks.store
+  const store = fastify.taskStore
   // the baseline: the same tasks in the layout and with the queries used before (the large columns
   // inside each row, before the columns added later; every column of the listed rows read)
   store.db.exec(`CREATE TABLE old_tasks AS SELECT t.id, t.principal, t.agent_id, t.description, t.status, t.timeout_ms, t.created_at, t.started_at,

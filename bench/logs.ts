@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import app from '../app.js'
 import { DockerEngine } from '../services/docker/engine.js'
-import { containerSpec, LABEL } from '../services/tasks/container-spec.js'
+import { containerSpec, LABEL } from '../services/runner/container-spec.js'
 
 const IMAGE = process.env.BENCH_IMAGE ?? 'letta-opencode-test-agent:latest'
 const MB = 100

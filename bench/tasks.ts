@@ -17,7 +17,7 @@ import Fastify from 'fastify'
 import app from '../app.js'
 import { DockerEngine } from '../services/docker/engine.js'
 import { stateVolume, workspaceVolume } from '../services/runner/workspace.js'
-import { containerSpec, LABEL } from '../services/tasks/container-spec.js'
+import { containerSpec, LABEL } from '../services/runner/container-spec.js'
 
 const IMAGE = process.env.BENCH_IMAGE ?? 'letta-opencode-test-agent:latest'
 const CONCURRENCY = 3

@@ -7,23 +7,26 @@
 import fp from 'fastify-plugin'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
-import { TaskStore } from '../services/tasks/store.js'
+import { SqliteTaskStore } from '../services/tasks/store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     tasks: TaskEngine
+    /** The SQLite task store behind `tasks` (its handle also holds the Letta outbox). */
+    taskStore: SqliteTaskStore
     runnerImage: RunnerImageProbe
   }
 }
 
 export default fp(async (fastify) => {
-  const store = new TaskStore(fastify.config.DATA_DIR)
+  const store = new SqliteTaskStore(fastify.config.DATA_DIR)
   const runnerImage = new RunnerImageProbe(fastify.docker, fastify.config, store.owner, fastify.config.DOCKER_PROBE_INTERVAL_MS, (state) => {
     if (state.error) fastify.log.error({ image: state.image, present: state.present }, state.error)
     else fastify.log.info({ image: state.image, opencode: state.opencode_version }, 'runner image ready')
   })
   const engine = new TaskEngine(store, fastify.docker, fastify.config, fastify.log, fastify.runnerEnv, runnerImage)
   fastify.decorate('tasks', engine)
+  fastify.decorate('taskStore', store)
   fastify.decorate('runnerImage', runnerImage)
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {

@@ -126,7 +126,7 @@ t.test('a restart sends what is pending, once', async (t) => {
   await first.close()
   await letta.start(letta.port)
   const again = await build(t, { env: { ...env(letta), DATA_DIR: dataDir } })
-  await waitFor(t, 'notified after the restart', () => again.tasks.store.lettaGet(task.task_id)?.notify === 'sent', 15_000)
+  await waitFor(t, 'notified after the restart', () => again.letta?.outbox.get(task.task_id)?.notify === 'sent', 15_000)
   t.equal(messagesFor(letta, task.task_id).length, 1, 'one message across the restart')
   t.equal(messagesFor(letta, earlier.task_id).length, 1, 'and still one for the earlier task')
 })
@@ -139,9 +139,9 @@ t.test('a lost answer to the send: the next attempt finds the message and does n
   await waitFor(t, 'block attached', async () => (await view(client, done.task_id)).letta?.attached === true, 10_000)
   letta.delayMs = 1_000 // every answer now comes after the client's timeout: the send arrives, its answer is lost
   await waitFor(t, 'the send was attempted', () => messagesFor(letta, done.task_id).length === 1, 15_000)
-  t.equal(app.tasks.store.lettaGet(done.task_id)?.notify, 'sending', 'the outcome is unknown to the service')
+  t.equal(app.letta?.outbox.get(done.task_id)?.notify, 'sending', 'the outcome is unknown to the service')
   letta.delayMs = 0
-  await waitFor(t, 'recorded as sent', () => app.tasks.store.lettaGet(done.task_id)?.notify === 'sent', 20_000)
+  await waitFor(t, 'recorded as sent', () => app.letta?.outbox.get(done.task_id)?.notify === 'sent', 20_000)
   t.equal(messagesFor(letta, done.task_id).length, 1, 'found among the agent\'s messages, not sent twice')
 })
 

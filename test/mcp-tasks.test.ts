@@ -7,7 +7,7 @@
 import { Client, StreamableHTTPClientTransport, type Tool } from '@modelcontextprotocol/client'
 import { createTaskSessionFromClient, resultFromTaskOutcome, toolDeclarationFromMcpTool, type RawClientDispatch } from '@modelcontextprotocol/ext-tasks/client'
 import t, { type Test } from 'tap'
-import { LABEL } from '../services/tasks/container-spec.js'
+import { LABEL } from '../services/runner/container-spec.js'
 import { startModelServer } from './fixtures/model-server.js'
 import { listen } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'

@@ -2,7 +2,7 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t from 'tap'
-import { LABEL } from '../services/tasks/container-spec.js'
+import { LABEL } from '../services/runner/container-spec.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'

@@ -6,6 +6,7 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t, { type Test } from 'tap'
+import type { LettaSync } from '../services/letta/sync.js'
 import { FakeLetta } from './fixtures/letta-server.js'
 import { listen } from './helpers/app.js'
 import { waitFor } from './helpers/docker.js'
@@ -142,15 +143,15 @@ t.test('the Letta worker survives a failing store: logged, no unhandled rejectio
   process.on('unhandledRejection', onRejection)
   t.teardown(() => { process.off('unhandledRejection', onRejection) })
   const { app, client } = await setup(t, { LETTA_API_URL: letta.url, LETTA_API_TOKEN: TOKEN, LETTA_FLUSH_INTERVAL_MS: '100', LETTA_TIMEOUT_MS: '1000', LETTA_PROBE_INTERVAL_MS: '1000' })
-  const store = app.tasks.store
-  const lettaDue = store.lettaDue.bind(store)
+  const outbox = (app.letta as LettaSync).outbox
+  const due = outbox.due.bind(outbox)
   let failures = 0
-  store.lettaDue = () => { failures++; throw new Error('SQLITE_IOERR: disk I/O error') }
+  outbox.due = () => { failures++; throw new Error('SQLITE_IOERR: disk I/O error') }
   const done = await settled(client, await execute(client, { task_description: 'say through a broken outbox', agent_id: AGENT, sync: true }))
   t.equal(done.status, 'completed', 'tasks run while the outbox fails')
   await waitFor(t, 'several failed worker passes', () => failures >= 5, 30_000)
   t.same(rejections, [], 'no unhandled rejection')
-  store.lettaDue = lettaDue
+  outbox.due = due
   await waitFor(t, 'the agent was told once the store works again', async () => {
     const view = (await call(client, 'get_task_status', { task_id: done.task_id })).structuredContent as { letta: { notified: boolean } | null }
     return view.letta?.notified === true

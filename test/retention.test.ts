@@ -10,7 +10,8 @@ import { pack } from 'tar-stream'
 import t from 'tap'
 import { DockerEngine } from '../services/docker/engine.js'
 import { readFile } from '../services/runner/workspace.js'
-import { TaskStore } from '../services/tasks/store.js'
+import { SqliteLettaOutboxStore } from '../services/letta/outbox-store.js'
+import { SqliteTaskStore } from '../services/tasks/store.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { listen, tempDir } from './helpers/app.js'
 import { BASE_IMAGE, cleanupContainers, engine, TEST_LABEL } from './helpers/docker.js'
@@ -51,11 +52,11 @@ function record (id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
     ...fields
   } as TaskRecord
 }
-const count = (store: TaskStore, table: string, id: string) =>
+const count = (store: SqliteTaskStore, table: string, id: string) =>
   (store.db.prepare(`SELECT COUNT(*) AS n FROM ${table} WHERE task_id = ?`).get(id) as { n: number }).n
 
 t.test('store: deleteEnded deletes only ended tasks past the cut-off, with their events, keys and Letta rows', async (t) => {
-  const store = new TaskStore(tempDir(t))
+  const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
   const old = Date.now() - 40 * DAY
   const tasks = {
@@ -69,7 +70,7 @@ t.test('store: deleteEnded deletes only ended tasks past the cut-off, with their
   for (const task of Object.values(tasks)) {
     store.claimIdempotent({ principal: 'p', agent_id: 'agent', key: task.id, args_hash: 'h', ttlMs: DAY }, () => task)
     store.addEvent(task.id, 'queued')
-    store.lettaTrack(task.id, 'agent')
+    new SqliteLettaOutboxStore(store.db).track(task.id, 'agent')
   }
   const deleted = store.deleteEnded(Date.now() - 30 * DAY)
   t.same(deleted.sort(), ['task_old-completed', 'task_old-failed'])
@@ -85,19 +86,20 @@ t.test('store: deleteEnded deletes only ended tasks past the cut-off, with their
 })
 
 t.test('store: a task whose Letta block still exists is kept until the block is deleted', async (t) => {
-  const store = new TaskStore(tempDir(t))
+  const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
   const task = record('task_with-block', { finished_at: Date.now() - 40 * DAY })
   store.insert(task)
-  store.lettaTrack(task.id, 'agent')
-  store.lettaUpdate(task.id, { block_id: 'block-1' })
+  const outbox = new SqliteLettaOutboxStore(store.db)
+  outbox.track(task.id, 'agent')
+  outbox.update(task.id, { block_id: 'block-1' })
   t.same(store.deleteEnded(Date.now() - 30 * DAY), [], 'kept: its block is still in Letta (the worker deletes it after the workspace)')
-  store.lettaUpdate(task.id, { deleted: 1 })
+  outbox.update(task.id, { deleted: 1 })
   t.same(store.deleteEnded(Date.now() - 30 * DAY), [task.id], 'deleted once the block is')
 })
 
 t.test('store: a list leaves output, seed and diff out; one task\'s read has them', async (t) => {
-  const store = new TaskStore(tempDir(t))
+  const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
   store.insert(record('task_with-diff'))
   store.insert(record('task_no-diff', { diff: null, repository: null }))
@@ -136,8 +138,8 @@ t.test('through the app: an ended task past TASK_RETENTION_MS is deleted at reco
   t.ok(status.isError, 'the old task is gone')
   t.match((status.content[0] as { text: string }).text, /No task/)
   t.notOk(existsSync(app.tasks.logPath(old.task_id)), 'its log file is deleted')
-  t.equal(count(app.tasks.store, 'task_events', old.task_id), 0, 'its events are deleted')
-  t.equal(count(app.tasks.store, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
+  t.equal(count(app.taskStore, 'task_events', old.task_id), 0, 'its events are deleted')
+  t.equal(count(app.taskStore, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
   t.match(await client.callTool({ name: 'get_task_status', arguments: { task_id: recent.task_id } }), { structuredContent: { status: 'completed' } }, 'the recent task is kept')
   t.ok(existsSync(app.tasks.logPath(recent.task_id)))
 })
@@ -156,7 +158,7 @@ t.test('IDEMPOTENCY_TTL_MS: an expired key makes a new task, and expired keys ar
   const caller = { principal: 'anonymous', agentId: 'agent-ttl' }
   const first = app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
   t.equal(app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' }).task.id, first.task.id, 'within the TTL: the same task')
-  const keys = app.tasks.store.db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
+  const keys = app.taskStore.db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
   keys.run(Date.now() - DAY - 1, 'k1')
   const again = app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
   t.equal(again.existing, false, 'past the TTL: a new task')
@@ -166,7 +168,7 @@ t.test('IDEMPOTENCY_TTL_MS: an expired key makes a new task, and expired keys ar
   await app.tasks.reconcile() // the start-up run is over: the next call runs anew
   keys.run(Date.now() - DAY - 1, 'k2')
   await app.tasks.reconcile()
-  const left = app.tasks.store.db.prepare('SELECT key, task_id FROM idempotency_keys').all()
+  const left = app.taskStore.db.prepare('SELECT key, task_id FROM idempotency_keys').all()
   t.same(left, [{ key: 'k1', task_id: again.task.id }], 'the expired key k2 is deleted, the live k1 kept')
   t.ok(app.tasks.store.get(other.task.id), 'its task is not (it is not past TASK_RETENTION_MS)')
   for (const id of [first.task.id, again.task.id, other.task.id]) await app.tasks.waitForEnd(id, 120_000)

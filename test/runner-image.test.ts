@@ -9,9 +9,9 @@
 import { execFileSync } from 'node:child_process'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { containerSpec } from '../services/tasks/container-spec.js'
+import { containerSpec } from '../services/runner/container-spec.js'
 import { TaskEngine } from '../services/tasks/engine.js'
-import { TaskStore } from '../services/tasks/store.js'
+import { SqliteTaskStore } from '../services/tasks/store.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { startModelServer } from './fixtures/model-server.js'
 import { build, listen, tempDir } from './helpers/app.js'
@@ -115,7 +115,7 @@ t.test('a missing image: /health degraded, a task refused with the build or pull
 t.test('a run that cannot find `opencode` (before the image was checked) fails with the same clear error', async (t: Test) => {
   const app = await build(t, { env: { RUNNER_IMAGE: BASE_IMAGE, RUNNER_NETWORK: 'none' } })
   // an engine without the image check, as in the moment before its first answer
-  const store = new TaskStore(tempDir(t, 'lop-data-'))
+  const store = new SqliteTaskStore(tempDir(t, 'lop-data-'))
   const quiet = { info () {}, warn () {}, error () {} }
   const engine = new TaskEngine(store, app.docker, app.config, quiet)
   t.teardown(async () => {

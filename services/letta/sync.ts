@@ -11,8 +11,9 @@
  */
 import Letta, { APIError } from '@letta-ai/letta-client'
 import type { Config } from '../config.js'
-import type { LettaSyncRow, TaskStore } from '../tasks/store.js'
+import type { TaskStore } from '../tasks/store.js'
 import { TERMINAL, type TaskRecord } from '../tasks/types.js'
+import type { LettaOutboxStore, LettaSyncRow } from './outbox-store.js'
 import { BLOCK_DESCRIPTION, blockLabel, buildBlockValue, notificationRef, notificationText } from './block.js'
 
 export type LettaConfig = Pick<Config, 'LETTA_API_URL' | 'LETTA_API_TOKEN' | 'WORKSPACE_BLOCK_LIMIT' | 'WORKSPACE_MAX_EVENTS' | 'LETTA_DETACH_DELAY_MS' |
@@ -47,7 +48,10 @@ export class LettaSync {
   private readonly changedIds = new Set<string>()
 
   constructor (
-    private readonly store: TaskStore,
+    /** The tasks' reads (a block shows the task and its recent events). */
+    private readonly store: Pick<TaskStore, 'get' | 'events'>,
+    /** The outbox: what is to be written out, per task. */
+    readonly outbox: LettaOutboxStore,
     private readonly config: LettaConfig,
     private readonly log: Logger,
     private readonly onFailure: (kind: 'block' | 'notification') => void = () => {}
@@ -65,7 +69,7 @@ export class LettaSync {
   /** A task of an agent: its block is to be made. Tasks without an agent id have no block. */
   track (task: TaskRecord): void {
     if (!task.agent_id) return
-    this.store.lettaTrack(task.id, task.agent_id)
+    this.outbox.track(task.id, task.agent_id)
   }
 
   /** Something to show changed: written out at the next flush (noted in memory: an agent's burst of events costs nothing here). */
@@ -75,22 +79,22 @@ export class LettaSync {
 
   /** The task (or a follow-up turn of it) ended: final block value, then the notification, once per end. */
   ended (task: TaskRecord): void {
-    const row = this.store.lettaGet(task.id)
+    const row = this.outbox.get(task.id)
     if (!row) return
     const told = row.notified_turn >= task.turns && row.notify === 'sent'
-    this.store.lettaUpdate(task.id, { dirty: 1, notify: told ? 'sent' : row.notify === 'sending' ? 'sending' : 'pending', next_attempt_at: 0 })
+    this.outbox.update(task.id, { dirty: 1, notify: told ? 'sent' : row.notify === 'sending' ? 'sending' : 'pending', next_attempt_at: 0 })
     this.kick()
   }
 
   pending (): number {
-    return this.store.lettaPending()
+    return this.outbox.pending()
   }
 
   // --- the worker ------------------------------------------------------------------------------
 
   start (): void {
     // a new process owes nothing to the backoff of the last one
-    this.store.lettaRetryNow()
+    this.outbox.retryNow()
     this.timer = setInterval(() => this.kick(), this.config.LETTA_FLUSH_INTERVAL_MS).unref()
     this.probe().catch(() => {})
     this.probeTimer = setInterval(() => { this.probe().catch(() => {}) }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
@@ -129,7 +133,7 @@ export class LettaSync {
       if (!was) {
         this.log.info({ version: health.version }, 'letta reachable')
         // Letta is back: what waited in backoff goes out now
-        this.store.lettaRetryNow()
+        this.outbox.retryNow()
         this.kick().catch(() => {})
       }
     } catch (err) {
@@ -141,10 +145,10 @@ export class LettaSync {
   }
 
   private async tick (): Promise<void> {
-    for (const id of this.changedIds) this.store.lettaMarkDirty(id)
+    for (const id of this.changedIds) this.outbox.markDirty(id)
     this.changedIds.clear()
-    this.store.lettaCatchUp()
-    const due = this.store.lettaDue(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
+    this.outbox.catchUp()
+    const due = this.outbox.due(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
     await Promise.all(due.map((row) => this.process(row)))
   }
 
@@ -156,7 +160,7 @@ export class LettaSync {
     try {
       if (task.workspace_removed_at) {
         if (row.block_id) await this.client.blocks.delete(row.block_id).catch((err: unknown) => { if (!(err instanceof APIError && err.status === 404)) throw err })
-        this.store.lettaUpdate(task.id, { deleted: 1, attached: 0, dirty: 0 })
+        this.outbox.update(task.id, { deleted: 1, attached: 0, dirty: 0 })
         return
       }
       row = await this.syncBlock(task, row)
@@ -168,7 +172,7 @@ export class LettaSync {
         message: unknownAgent ? `Letta agent ${row.agent_id} was not found (the block ${blockLabel(task.id)} could not be attached); the task runs on: check the agent_id` : describe(err)
       })
       // a block write that failed is owed again
-      if (row.dirty) this.store.lettaUpdate(task.id, { dirty: 1 })
+      if (row.dirty) this.outbox.update(task.id, { dirty: 1 })
     }
     // the notification does not wait for the block: an agent hears of the end even if its block is stuck
     if (row.notify === 'pending' || row.notify === 'sending') {
@@ -179,13 +183,13 @@ export class LettaSync {
       }
     }
     if (failures.length === 0) {
-      if (row.error || row.attempts) this.store.lettaUpdate(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
+      if (row.error || row.attempts) this.outbox.update(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
       return
     }
     const attempts = row.attempts + 1
     // exponential backoff with jitter; an unknown agent is retried rarely
     const delay = failures.some((f) => f.unknownAgent) ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
-    this.store.lettaUpdate(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
+    this.outbox.update(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
     for (const f of failures) {
       this.onFailure(f.step)
       this.log.warn({ taskId: task.id, agentId: row.agent_id, step: f.step, attempts, error: f.message }, 'letta update failed; it will be retried')
@@ -203,21 +207,21 @@ export class LettaSync {
         metadata: { source: 'letta-opencode-plugin', task_id: task.id }
       })
       row = { ...row, block_id: block.id, dirty: 0 }
-      this.store.lettaUpdate(task.id, { block_id: block.id, dirty: 0 })
+      this.outbox.update(task.id, { block_id: block.id, dirty: 0 })
     }
     if (!row.attached && !row.detached) {
       await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
-      this.store.lettaUpdate(task.id, { attached: 1 })
+      this.outbox.update(task.id, { attached: 1 })
       row = { ...row, attached: 1 }
     }
     if (row.dirty) {
       // cleared before the read: a change during the write marks it again
-      this.store.lettaUpdate(task.id, { dirty: 0 })
+      this.outbox.update(task.id, { dirty: 0 })
       await this.client.blocks.update(row.block_id as string, { value: this.value(this.store.get(task.id) as TaskRecord) })
     }
     if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
       await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
-      this.store.lettaUpdate(task.id, { attached: 0, detached: 1 })
+      this.outbox.update(task.id, { attached: 0, detached: 1 })
       row = { ...row, attached: 0, detached: 1 }
     }
     return row
@@ -231,12 +235,12 @@ export class LettaSync {
   private async notify (task: TaskRecord, row: LettaSyncRow): Promise<void> {
     const current = this.store.get(task.id) as TaskRecord
     if (row.notify === 'sending' && await this.delivered(row.agent_id, notificationRef(current))) {
-      this.store.lettaUpdate(task.id, { notify: 'sent', notified_turn: current.turns })
+      this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
       return
     }
-    this.store.lettaUpdate(task.id, { notify: 'sending' })
+    this.outbox.update(task.id, { notify: 'sending' })
     await this.client.agents.messages.createAsync(row.agent_id, { messages: [{ role: 'user', content: notificationText(current) }] }, { maxRetries: 0 })
-    this.store.lettaUpdate(task.id, { notify: 'sent', notified_turn: current.turns })
+    this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
     this.log.info({ taskId: task.id, agentId: row.agent_id, turn: current.turns }, 'letta notified of the task end')
   }
 

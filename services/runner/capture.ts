@@ -3,7 +3,7 @@
  * then the head and tail for the result, the full log on disk (up to a cap), and each line read as
  * an OpenCode event (non-JSON lines are log only).
  */
-import { BoundedOutput, CappedLogFile } from '../tasks/output.js'
+import { BoundedOutput, CappedLogFile } from './output.js'
 import { LineSplitter, OpenCodeReader, type ParsedEvent, type RunResult } from './opencode.js'
 import { Redactor } from './redact.js'
 

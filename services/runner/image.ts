@@ -7,7 +7,7 @@
  */
 import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { LABEL, SERVICE_LABEL } from '../tasks/container-spec.js'
+import { LABEL, SERVICE_LABEL } from './container-spec.js'
 
 export interface RunnerImageState {
   image: string

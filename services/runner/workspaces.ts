@@ -5,12 +5,25 @@
  */
 import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { containerSpec, LABEL, SERVICE_LABEL } from '../tasks/container-spec.js'
-import { TaskError, TERMINAL, type TaskRecord } from '../tasks/types.js'
+import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
+import { TaskError } from '../errors.js'
 import { confine, listFiles, mountPointsArchive, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
 
 type WorkspaceConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' | 'ORPHAN_GRACE_MS'>
+
+/** What the workspaces need of a task (the tasks layer's record has these fields). */
+export interface WorkspaceTask {
+  id: string
+  agent_id: string | null
+  repository: { url: string, branch: string | null } | null
+  /** Turns started so far: 0 while the workspace does not exist yet. */
+  turns: number
+  workspace_removed_at: number | null
+}
+
+/** What expiry needs of a task: whether it ended, and when. */
+export interface WorkspaceRetention { ended: boolean, finished_at: number | null, workspace_removed_at: number | null }
 
 const DIFF_LIMIT = 256 * 1024
 const HELPER_TIMEOUT_MS = 120_000
@@ -44,7 +57,7 @@ export class Workspaces {
    * First turn: the repository, cloned by a helper container (whose mounts make the task's labelled
    * volumes; without a repository the turn's own container makes them).
    */
-  async prepare (task: TaskRecord): Promise<void> {
+  async prepare (task: WorkspaceTask): Promise<void> {
     if (task.repository) {
       const { url, branch } = task.repository
       const clone = await this.helper(task, ['git'], ['clone', '--single-branch', ...(branch ? ['--branch', branch] : []), '--', url, '/workspace'], true)
@@ -64,7 +77,7 @@ export class Workspaces {
   }
 
   /** The changes made to a cloned repository (untracked files included), capped; null for other workspaces. */
-  async diff (task: TaskRecord, redact: (s: string) => string): Promise<{ text: string, truncated: boolean } | null> {
+  async diff (task: WorkspaceTask, redact: (s: string) => string): Promise<{ text: string, truncated: boolean } | null> {
     if (!task.repository) return null
     const run = await this.helper(task, ['sh', '-c'], ['cd /workspace && git add --intent-to-add --all && git --no-pager diff HEAD'], false)
     if (run.exitCode !== 0) return null
@@ -72,16 +85,16 @@ export class Workspaces {
     return text.length > DIFF_LIMIT ? { text: text.slice(0, DIFF_LIMIT) + `\n[diff truncated at ${DIFF_LIMIT} bytes]\n`, truncated: true } : { text, truncated: false }
   }
 
-  async list (task: TaskRecord, running: string | undefined, path: string, limit: number): Promise<{ entries: FileEntry[], truncated: boolean }> {
+  async list (task: WorkspaceTask, running: string | undefined, path: string, limit: number): Promise<{ entries: FileEntry[], truncated: boolean }> {
     return this.withContainer(task, running, (id) => listFiles(this.docker, id, path, limit))
   }
 
-  async read (task: TaskRecord, running: string | undefined, path: string) {
+  async read (task: WorkspaceTask, running: string | undefined, path: string) {
     return this.withContainer(task, running, (id) => readFile(this.docker, id, path, this.config.MAX_TASK_FILE_SIZE))
   }
 
   /** Removes workspaces past their retention, and those of no task once older than the grace period. */
-  async expire (taskOf: (id: string) => TaskRecord | undefined, onRemoved: (taskId: string) => void): Promise<void> {
+  async expire (taskOf: (id: string) => WorkspaceRetention | undefined, onRemoved: (taskId: string) => void): Promise<void> {
     const volumes = await this.docker.listVolumes({ [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner })
     const now = Date.now()
     for (const v of volumes) {
@@ -89,7 +102,7 @@ export class Workspaces {
       const task = taskOf(taskId)
       const created = v.CreatedAt ? Date.parse(v.CreatedAt) : 0
       const expired = task
-        ? TERMINAL.has(task.status) && (task.finished_at ?? now) + this.config.WORKSPACE_RETENTION_MS <= now
+        ? task.ended && (task.finished_at ?? now) + this.config.WORKSPACE_RETENTION_MS <= now
         : now - created >= this.config.ORPHAN_GRACE_MS
       if (!expired) continue
       const gone = await this.docker.removeVolume(v.Name, true).then(() => true, () => false)
@@ -98,7 +111,7 @@ export class Workspaces {
   }
 
   /** Runs `fn` with a container that has the workspace mounted: the task's own while it runs, else a helper. */
-  private async withContainer<T> (task: TaskRecord, running: string | undefined, fn: (containerId: string) => Promise<T>): Promise<T> {
+  private async withContainer<T> (task: WorkspaceTask, running: string | undefined, fn: (containerId: string) => Promise<T>): Promise<T> {
     if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${task.id}'s workspace was removed after WORKSPACE_RETENTION_MS (${this.config.WORKSPACE_RETENTION_MS} ms)`)
     if (task.turns === 0) throw new TaskError('conflict', `Task ${task.id} has not started yet; its workspace does not exist until it does`)
     if (running) {
@@ -119,14 +132,14 @@ export class Workspaces {
     }
   }
 
-  private spec (task: TaskRecord, entrypoint: string[], argv: string[], network: boolean) {
+  private spec (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean) {
     const spec = containerSpec(this.config, { id: task.id, agent_id: task.agent_id, argv, entrypoint, role: 'helper' }, this.owner)
     if (!network && spec.HostConfig) spec.HostConfig.NetworkMode = 'none'
     return spec
   }
 
   /** A short-lived helper container on the task's volumes: started, awaited, its output read, removed. */
-  private async helper (task: TaskRecord, entrypoint: string[], argv: string[], network: boolean): Promise<{ exitCode: number, output: string }> {
+  private async helper (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean): Promise<{ exitCode: number, output: string }> {
     const { Id } = await this.docker.createContainer(this.spec(task, entrypoint, argv, network))
     const timeout = AbortSignal.timeout(HELPER_TIMEOUT_MS)
     try {

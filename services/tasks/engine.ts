@@ -1,27 +1,28 @@
 /**
- * The task engine: submit (validate → idempotency → store queued → semaphore), run (workspace →
- * container create → attach → start → capture events | timeout | idle | cancel → remove), turns
- * (follow-up messages continue the same OpenCode session in the same workspace), the reads and
- * controls scoped to the caller's principal, and recovery. Every state change is written to the
- * store before the side effect that follows it, so a restart can reconcile.
+ * The task service: submit (validate → idempotency → store queued → semaphore), the turns of a task
+ * while it holds a slot (each turn's container, clocks and capture are a Run, run.ts; follow-up
+ * messages continue the same OpenCode session in the same workspace), the reads and controls scoped
+ * to the caller's principal, and recovery, reconcile and drain. Every state change is written to
+ * the store before the side effect that follows it, so a restart can reconcile; every status write
+ * goes through lifecycle.transition().
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import { splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { TurnCapture } from '../runner/capture.js'
-import { noOpencode, OPENCODE_NOT_FOUND, VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
+import { VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
-import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
-import { followLog, readLogRange } from './output.js'
+import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
+import { followLog, readLogRange } from '../runner/output.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
+import { transition, turnEnd } from './lifecycle.js'
+import { Run, type TurnOutcome } from './run.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
@@ -62,35 +63,16 @@ export interface TaskEngineEvents {
   orphan_removed: [containerId: string]
 }
 
-interface Live {
-  containerId?: string
-  /** The container was started (a created container cannot be paused). */
-  started?: boolean
-  ending?: EndReason
-  timer?: NodeJS.Timeout
-  idle?: NodeJS.Timeout
-  /** Run time left in this turn before the timeout; the clock stops while paused. */
-  remainingMs: number
-  resumedAt: number
-  /** The last thing the agent did, for progress messages. */
-  lastEvent?: string
-  /** Paused: no timeout or idle clock runs. */
-  paused?: boolean
-  /** Re-attached to a container that ended while the service was down: only its log and exit code are read. */
-  exited?: boolean
-}
-
-interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture }
-
-/** Read through a call: `live.ending` is set by `control()` while `run()` awaits the engine. */
-const endingOf = (live: Live): EndReason | undefined => live.ending
+/** Read through a call: `run.ending` is set by `control()` while `run()` awaits the engine. */
+const endingOf = (run: Run): EndReason | undefined => run.ending
 
 const SEED_LIMIT = 1024 * 1024
 const EVENTS_PER_TURN = 2_000
 
 export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly semaphore: Semaphore
-  private readonly live = new Map<string, Live>()
+  /** The current turn's run of each task that holds or waits for a slot. */
+  private readonly live = new Map<string, Run>()
   private readonly endWaiters = new Map<string, Set<(t: TaskRecord) => void>>()
   /** Per-task event subscribers (progress of sync calls): one map, not one engine listener per call. */
   private readonly eventSubscribers = new Map<string, Set<(event: ParsedEvent) => void>>()
@@ -264,16 +246,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   /** `attached`: a container that still runs from before a restart; it takes its slot at once. */
   private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean, exited: boolean }): void {
-    const live: Live = attached
-      ? { remainingMs: attached.remainingMs, resumedAt: 0, containerId: attached.containerId, started: true, paused: attached.paused, exited: attached.exited }
-      : { remainingMs: task.timeout_ms, resumedAt: 0 }
+    const live = this.newRun(task.id, attached
+      ? { remainingMs: attached.remainingMs, containerId: attached.containerId, paused: attached.paused, exited: attached.exited }
+      : { remainingMs: task.timeout_ms })
     this.live.set(task.id, live)
     const slot = attached ? Promise.resolve(this.semaphore.take()) : this.semaphore.acquire(task.id)
     slot.then(async (release) => {
       try {
         // draining: a task that has not started stays queued in the store for the next start
         if (!this.accepting && !attached) return
-        await this.run(task.id, live, attached?.containerId)
+        await this.run(task.id, live, attached !== undefined)
       } finally {
         release()
       }
@@ -285,52 +267,62 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   // --- run ------------------------------------------------------------------------------------
 
+  private newRun (id: string, init: ConstructorParameters<typeof Run>[1]): Run {
+    return new Run({
+      docker: this.docker,
+      config: this.config,
+      signal: this.closing.signal,
+      onEnding: (reason) => { this.store.addEvent(id, reason, {}) },
+      onRemoveFailed: (err) => this.log.warn({ taskId: id, err }, 'container removal failed')
+    }, init)
+  }
+
   /**
    * Runs the task's turns while it holds a slot: the task itself, then each follow-up message that
    * arrived meanwhile. `attached` is a container still running from before a restart.
    */
-  private async run (id: string, live: Live, attached?: string): Promise<void> {
+  private async run (id: string, live: Run, attached: boolean): Promise<void> {
     let task = this.store.get(id)
     if (!task || (task.status !== 'queued' && !attached)) return
     if (endingOf(live) === 'cancelled') return this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
     for (;;) {
       let outcome: TurnOutcome
       if (attached) {
-        outcome = await this.monitor(id, attached, live, this.docker.containerLogs(attached, { follow: true, signal: this.closing.signal }))
-        attached = undefined
-        live.exited = false
+        outcome = await this.monitor(id, live, live.reattach())
+        attached = false
       } else {
-        const started = await this.startTurn(task, live)
-        if (!started) return
-        outcome = await this.monitor(id, started.containerId, live, started.stream)
+        const stream = await this.startTurn(task, live)
+        if (!stream) return
+        outcome = await this.monitor(id, live, stream)
       }
       if (this.closing.signal.aborted) return
       // a follow-up message continues the session when the turn ended well; one that arrives while
       // the end is being recorded (the diff) is caught by endTask and continues it all the same
       if (!this.continues(id, live, outcome) && await this.endTask(id, live, outcome)) return
-      await this.removeContainer(id, live)
+      await live.remove()
       task = this.store.get(id) as TaskRecord
       this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
-      this.store.update(id, { status: 'queued', output: outcome.capture.output.text() })
+      transition(this.store, id, 'queued', { output: outcome.capture.output.text() })
       task = this.store.get(id) as TaskRecord
-      live.remainingMs = task.timeout_ms
+      // the next turn's run: a cancel that came meanwhile carries over
+      live = live.next(task.timeout_ms)
+      this.live.set(id, live)
     }
   }
 
   /** Whether the turn ended well and a follow-up message waits: read and decided in one synchronous step. */
-  private continues (id: string, live: Live, outcome: TurnOutcome): boolean {
+  private continues (id: string, live: Run, outcome: TurnOutcome): boolean {
     const pending = (this.store.get(id) as TaskRecord).pending
     return outcome.reason === 'exit' && outcome.exitCode === 0 && pending.length > 0 && !live.ending && this.accepting && !this.closing.signal.aborted
   }
 
   /** One turn's container: volumes and inputs on the first turn, then create → attach → start. */
-  private async startTurn (task: TaskRecord, live: Live): Promise<{ containerId: string, stream: AsyncIterable<LogChunk> } | undefined> {
+  private async startTurn (task: TaskRecord, live: Run): Promise<AsyncIterable<LogChunk> | undefined> {
     const id = task.id
     const turn = task.turns + 1
     const prompt = turn === 1 ? task.description : task.pending[0]
     const startedAt = Date.now()
-    this.store.update(id, {
-      status: 'running',
+    transition(this.store, id, 'running', {
       turns: turn,
       pending: turn === 1 ? task.pending : task.pending.slice(1),
       ...(turn === 1 ? { started_at: startedAt } : {})
@@ -349,20 +341,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         argv: opencodeArgv({ task: prompt, model: task.model, session: turn > 1 ? task.result?.session_id : null }),
         env: Object.entries(this.runnerEnv).map(([k, v]) => `${k}=${v}`)
       }, this.store.owner)
-      const containerId = (await this.docker.createContainer(spec, `lop-${id.slice(5)}-${turn}`)).Id
-      this.store.update(id, { container_id: containerId })
-      live.containerId = containerId
-      if (live.ending) throw new Error('cancelled before start')
-      await this.workspaces.own(containerId)
-      if (turn === 1 && task.seed) await this.workspaces.seed(containerId, task.seed)
-      const stream = await this.docker.attachContainer(containerId, this.closing.signal)
-      await this.docker.startContainer(containerId)
-      live.started = true
-      // a cancel that came while the container was starting found nothing running to stop
-      if (live.ending) this.stop(live)
-      return { containerId, stream }
+      return await live.start(spec, `lop-${id.slice(5)}-${turn}`, (containerId) => this.store.update(id, { container_id: containerId }), async (containerId) => {
+        await this.workspaces.own(containerId)
+        if (turn === 1 && task.seed) await this.workspaces.seed(containerId, task.seed)
+      })
     } catch (err) {
-      const removal = () => this.removeContainer(id, live)
+      const removal = () => live.remove()
       const ending = endingOf(live)
       if (ending === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
       else if (ending) await this.finish(id, { status: ending === 'timeout' ? 'timeout' : 'failed', reason: ending, error: `ended (${ending}) before its container started` }, removal)
@@ -371,24 +355,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
   }
 
-  /** Follows a started container to its end: output, log, events, timeout and idle watchdogs. */
-  private async monitor (id: string, containerId: string, live: Live, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
+  /** Follows the run's started container to its end: its events stored and told, its result stored. */
+  private async monitor (id: string, live: Run, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
     const task = this.store.get(id) as TaskRecord
     // the timeout clock runs from here (unless the task is paused); kept in the store for a restart
-    if (!live.paused && !live.exited) {
-      live.resumedAt = Date.now()
-      this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
-      this.armTimeout(id, live)
-      this.armIdle(id, live)
-    }
-    const capture = new TurnCapture({
-      outputLimit: this.config.TASK_OUTPUT_LIMIT,
-      logPath: this.logPath(id),
-      logLimit: this.config.TASK_LOG_LIMIT,
-      secrets: Object.values(this.runnerEnv),
-      previous: task.result,
-      append: task.turns > 1
-    })
+    if (live.startClock()) this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     let stored = 0
     const record = (events: ParsedEvent[]) => {
       if (events.length === 0) return
@@ -404,31 +375,17 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         }
       }
     }
-    let exitCode: number | null = null
-    let engineError: string | undefined
-    let oom = false
-    try {
-      const follow = (async () => {
-        for await (const chunk of stream) {
-          this.armIdle(id, live)
-          record(await capture.push(chunk.data))
-        }
-        record(await capture.end())
-      })()
-      const [, exit] = await Promise.all([follow, this.docker.waitContainer(containerId, this.closing.signal)])
-      exitCode = exit.StatusCode
-      // a successful exit needs no post-mortem; a failed one may be the OOM killer's work
-      oom = exitCode !== 0 && (await this.docker.inspectContainer(containerId)).State.OOMKilled
-    } catch (err) {
-      engineError = capture.redact((err as Error).message)
-    } finally {
-      clearTimeout(live.timer)
-      clearTimeout(live.idle)
-    }
+    const outcome = await live.watch(stream, {
+      outputLimit: this.config.TASK_OUTPUT_LIMIT,
+      logPath: this.logPath(id),
+      logLimit: this.config.TASK_LOG_LIMIT,
+      secrets: Object.values(this.runnerEnv),
+      previous: task.result,
+      append: task.turns > 1
+    }, record)
     if (stored > EVENTS_PER_TURN) this.store.addEvent(id, 'events_dropped', { dropped: stored - EVENTS_PER_TURN })
-    const reason: EndReason = live.ending ?? (oom ? 'oom' : engineError ? 'engine_error' : 'exit')
-    this.store.update(id, { result: capture.reader.result })
-    return { reason, exitCode, engineError, capture }
+    this.store.update(id, { result: outcome.capture.reader.result })
+    return outcome
   }
 
   /**
@@ -437,67 +394,23 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * Messages still waiting after a turn that did not end well are not run: the task's history says
    * so (`messages_dropped`) and its error tells the caller to send them again.
    */
-  private async endTask (id: string, live: Live, outcome: TurnOutcome): Promise<boolean> {
+  private async endTask (id: string, live: Run, outcome: TurnOutcome): Promise<boolean> {
     const { reason, exitCode, capture } = outcome
-    const status: TaskStatus = reason === 'timeout'
-      ? 'timeout'
-      : reason === 'cancelled' ? 'cancelled' : reason === 'exit' && exitCode === 0 ? 'completed' : 'failed'
-    const errors: Partial<Record<EndReason, string>> = {
-      timeout: `timed out after ${this.store.get(id)?.timeout_ms} ms; the container was stopped`,
-      oom: `killed for running out of memory (RUNNER_MEMORY_LIMIT=${this.config.RUNNER_MEMORY_LIMIT})`,
-      engine_error: outcome.engineError ?? 'engine error',
-      interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${this.config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
-      stalled: `no output for ${this.config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
-      exit: status === 'failed' ? (exitCode === 127 && OPENCODE_NOT_FOUND.test(capture.output.text()) ? noOpencode(this.config.RUNNER_IMAGE) : `exited with code ${exitCode}`) : undefined
-    }
+    const { status, error } = turnEnd(outcome, this.store.get(id)?.timeout_ms, this.config)
     const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
     // from here to the terminal write in finish() nothing awaits: message() cannot slip in between
     if (this.continues(id, live, outcome)) return false
     await this.finish(id, {
       status,
       reason,
-      error: errors[reason] ?? null,
+      error,
       exit_code: exitCode,
       output: capture.output.text(),
       output_truncated: capture.output.truncated,
       output_bytes: capture.output.total,
       ...(diff ? { diff: diff.text, diff_truncated: diff.truncated } : {})
-    }, () => this.removeContainer(id, live))
+    }, () => live.remove())
     return true
-  }
-
-  private async removeContainer (id: string, live: Live): Promise<void> {
-    if (!live.containerId) return
-    await this.docker.removeContainer(live.containerId, { force: true }).catch((err: Error) => this.log.warn({ taskId: id, err }, 'container removal failed'))
-    live.containerId = undefined
-    live.started = false
-  }
-
-  private armTimeout (id: string, live: Live): void {
-    clearTimeout(live.timer)
-    live.timer = setTimeout(() => this.end(id, live, 'timeout'), Math.max(0, live.remainingMs))
-  }
-
-  /** The stall watchdog: a turn that prints nothing for RUNNER_IDLE_TIMEOUT_MS is stopped. */
-  private armIdle (id: string, live: Live): void {
-    clearTimeout(live.idle)
-    if (this.config.RUNNER_IDLE_TIMEOUT_MS > 0 && !live.paused) live.idle = setTimeout(() => this.end(id, live, 'stalled'), this.config.RUNNER_IDLE_TIMEOUT_MS)
-  }
-
-  private end (id: string, live: Live, reason: EndReason): void {
-    if (live.ending) return
-    live.ending = reason
-    this.store.addEvent(id, reason, {})
-    this.stop(live)
-  }
-
-  private stop (live: Live): void {
-    if (!live.containerId) return
-    const id = live.containerId
-    // a paused container cannot take SIGTERM: resume it first
-    this.docker.unpauseContainer(id).catch(() => {}).finally(() => {
-      this.docker.stopContainer(id, this.config.RUNNER_STOP_GRACE_S).catch(() => this.docker.killContainer(id).catch(() => {}))
-    })
   }
 
   private async finish (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, cleanup?: () => Promise<void>): Promise<void> {
@@ -514,7 +427,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: fields.status })
       this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
     }
-    this.store.update(id, { ...fields, finished_at: finishedAt })
+    const { status, ...rest } = fields
+    transition(this.store, id, status, { ...rest, finished_at: finishedAt })
     this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
     this.live.delete(id)
     const done = this.store.get(id) as TaskRecord
@@ -620,7 +534,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
     if (this.semaphore.full) throw this.queueFull()
-    this.store.update(id, { status: 'queued', pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
+    transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
     const event = this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
     const queued = this.store.get(id) as TaskRecord
     this.schedule(queued)
@@ -653,40 +567,26 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled while queued' })
       } else if (live) {
         live.ending = 'cancelled'
-        this.stop(live)
+        live.stop()
         return this.waitForEnd(id, (this.config.RUNNER_STOP_GRACE_S + 10) * 1000)
       }
       return this.store.get(id) as TaskRecord
     }
     // a task marked running whose container is still being created: wait for it (bounded)
-    if (live && task.status === 'running') await this.containerStarted(live, 15_000)
+    if (live && task.status === 'running') await live.containerStarted(15_000)
     if (!live?.containerId || !live.started || (action === 'pause' && task.status !== 'running') || (action === 'resume' && task.status !== 'paused')) {
       throw new TaskError('conflict', `Task ${id} is ${task.status}; ${action} needs a ${action === 'pause' ? 'running' : 'paused'} task`)
     }
     if (action === 'pause') {
-      await this.docker.pauseContainer(live.containerId)
-      live.paused = true
-      clearTimeout(live.timer)
-      clearTimeout(live.idle)
-      live.remainingMs -= Date.now() - live.resumedAt
-      this.store.update(id, { status: 'paused', remaining_ms: live.remainingMs, resumed_at: null })
+      await live.pause()
+      transition(this.store, id, 'paused', { remaining_ms: live.remainingMs, resumed_at: null })
     } else {
-      await this.docker.unpauseContainer(live.containerId)
-      live.paused = false
-      live.resumedAt = Date.now()
-      this.armTimeout(id, live)
-      this.armIdle(id, live)
-      this.store.update(id, { status: 'running', remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
+      await live.resume()
+      transition(this.store, id, 'running', { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     }
     this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs, ...why })
     this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
     return this.store.get(id) as TaskRecord
-  }
-
-  /** Resolves once the live task's container was started (or it is ending), at most after `ms`. */
-  private async containerStarted (live: Live, ms: number): Promise<void> {
-    const until = Date.now() + ms
-    while (!live.started && !live.ending && Date.now() < until) await sleep(50)
   }
 
   // --- lifecycle ------------------------------------------------------------------------------
@@ -721,7 +621,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const left = task.remaining_ms ?? task.timeout_ms
       const since = task.remaining_ms == null ? task.started_at : task.resumed_at
       const remainingMs = paused ? left : left - (since ? Date.now() - since : 0)
-      this.store.update(task.id, { status: paused ? 'paused' : 'running', remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
+      transition(this.store, task.id, paused ? 'paused' : 'running', { remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
       this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs, ...(exited ? { exited: true } : {}) })
       this.schedule(task, { containerId: task.container_id as string, remainingMs, paused, exited })
     }
@@ -761,7 +661,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.warn({ taskId, container: c.Id }, 'removed orphan task container')
       this.emit('orphan_removed', c.Id)
     }
-    await this.workspaces.expire((taskId) => this.store.get(taskId), (taskId) => {
+    await this.workspaces.expire((taskId) => {
+      const task = this.store.get(taskId)
+      return task && { ended: TERMINAL.has(task.status), finished_at: task.finished_at, workspace_removed_at: task.workspace_removed_at }
+    }, (taskId) => {
       this.store.update(taskId, { workspace_removed_at: Date.now() })
       this.log.info({ taskId }, 'workspace removed after its retention period')
     })
@@ -800,7 +703,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const left = running()
     if (left.length === 0) return
     this.log.warn({ tasks: left.map(([id]) => id) }, 'draining: grace period over, stopping the tasks still running')
-    for (const [id, live] of left) this.end(id, live, 'interrupted')
+    for (const [, live] of left) live.end('interrupted')
     await ends(left.map(([id]) => id), (this.config.RUNNER_STOP_GRACE_S + 10) * 1000)
   }
 
@@ -808,9 +711,6 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   close (): void {
     this.accepting = false
     this.closing.abort()
-    for (const live of this.live.values()) {
-      clearTimeout(live.timer)
-      clearTimeout(live.idle)
-    }
+    for (const live of this.live.values()) live.clearTimers()
   }
 }

@@ -157,25 +157,47 @@ function split (fields: Row): { row: Row, content: Row } {
   return { row, content }
 }
 
-export interface LettaSyncRow {
-  task_id: string
-  agent_id: string
-  block_id: string | null
-  attached: number
-  dirty: number
-  notify: 'none' | 'pending' | 'sending' | 'sent'
-  /** The last turn whose end the agent was told of. */
-  notified_turn: number
-  detached: number
-  deleted: number
-  error: string | null
-  attempts: number
-  next_attempt_at: number
-}
-
 export interface ListFilter { principal: string, status?: TaskStatus, agent_id?: string, limit: number, offset: number }
 
-export class TaskStore {
+/** The fields of a task a write may set; its status only through `setStatus` (lifecycle.ts). */
+export type TaskFields = Partial<Omit<TaskRecord, 'id' | 'status'>>
+
+/**
+ * What the task service needs of its store: SQLite here (SqliteTaskStore); another database can
+ * implement it. Writes are done when the call returns (the side effect that follows may rely on it).
+ */
+export interface TaskStore {
+  /** The owner label of this store's runner containers (see SqliteTaskStore.owner). */
+  readonly owner: string
+  close: () => void
+  insert: (task: TaskRecord) => void
+  get: (id: string) => TaskRecord | undefined
+  /** A task's status alone (no large column read): for checks made often. */
+  status: (id: string) => TaskStatus | undefined
+  update: (id: string, fields: TaskFields) => void
+  /**
+   * The status write, with `fields`, only if the status is still `from` (compare and set; throws
+   * if it is not). Called by lifecycle.transition() alone, which checks the transition.
+   */
+  setStatus: (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields) => void
+  list: (f: ListFilter) => { tasks: TaskRecord[], total: number }
+  deleteEnded: (before: number, limit?: number) => string[]
+  deleteExpiredKeys: (before: number) => number
+  countByStatus: () => Partial<Record<TaskStatus, number>>
+  withStatus: (...statuses: TaskStatus[]) => TaskRecord[]
+  addEvents: (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>) => void
+  addEvent: (taskId: string, type: string, data?: Record<string, unknown>) => TaskEvent
+  events: (taskId: string, afterSeq: number, limit: number, order?: 'asc' | 'desc', offset?: number) => TaskEvent[]
+  eventCount: (taskId: string, afterSeq?: number) => number
+  claimIdempotent: (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord) => { task: TaskRecord, existing: boolean, args_hash: string }
+}
+
+/**
+ * The SQLite task store. The database also holds the Letta outbox table (letta_sync, written by
+ * services/letta/outbox-store.ts on this handle, `db`): its migrations are numbered with the tasks',
+ * a task's view joins its Letta state, and retention keeps a task whose Letta block still exists.
+ */
+export class SqliteTaskStore implements TaskStore {
   readonly db: Database.Database
   /**
    * Made once per data directory and kept: the owner label of the runner containers. Reconciliation
@@ -237,11 +259,24 @@ export class TaskStore {
     return (this.db.prepare('SELECT status FROM tasks WHERE id = ?').get(id) as { status: TaskStatus } | undefined)?.status
   }
 
-  update (id: string, fields: Partial<Omit<TaskRecord, 'id'>>): void {
+  update (id: string, fields: TaskFields): void {
+    this.write(id, fields)
+  }
+
+  setStatus (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields): void {
+    this.write(id, { ...fields, status: to }, from)
+  }
+
+  /** One task's write; with `from`, only if its status is still that (else it throws). */
+  private write (id: string, fields: Partial<Omit<TaskRecord, 'id'>>, from?: TaskStatus): void {
     const { row, content } = split(toRow(fields))
     const keys = Object.keys(row)
     const write = () => {
-      if (keys.length) this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...row, id })
+      if (keys.length) {
+        const changes = this.db.prepare(`UPDATE tasks SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id${from ? ' AND status = @from' : ''}`)
+          .run({ ...row, id, ...(from ? { from } : {}) }).changes
+        if (from && changes === 0) throw new Error(`task ${id}: status is no longer ${from}; the write of ${String(row.status)} was refused`)
+      }
       this.writeContent(id, content)
     }
     if (Object.keys(content).length) this.db.transaction(write)()
@@ -287,55 +322,6 @@ export class TaskStore {
   countByStatus (): Partial<Record<TaskStatus, number>> {
     const rows = this.db.prepare('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status').all() as Array<{ status: TaskStatus, n: number }>
     return Object.fromEntries(rows.map((r) => [r.status, r.n]))
-  }
-
-  // --- Letta outbox ---------------------------------------------------------------------------
-
-  lettaTrack (taskId: string, agentId: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO letta_sync (task_id, agent_id) VALUES (?, ?)').run(taskId, agentId)
-  }
-
-  lettaGet (taskId: string): LettaSyncRow | undefined {
-    return this.db.prepare('SELECT * FROM letta_sync WHERE task_id = ?').get(taskId) as LettaSyncRow | undefined
-  }
-
-  lettaUpdate (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>): void {
-    const keys = Object.keys(fields)
-    if (keys.length) this.db.prepare(`UPDATE letta_sync SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE task_id = @task_id`).run({ ...fields, task_id: taskId })
-  }
-
-  /** Rows with work to do now: a block to write, a notification to send, a detach or delete that is due. */
-  lettaDue (now: number, limit: number, detachDelayMs: number): LettaSyncRow[] {
-    return this.db.prepare(`SELECT l.* FROM letta_sync l JOIN tasks t ON t.id = l.task_id
-      WHERE l.next_attempt_at <= @now AND l.deleted = 0 AND (
-        l.dirty = 1 OR l.block_id IS NULL OR (l.attached = 0 AND l.detached = 0) OR l.notify IN ('pending', 'sending')
-        OR (l.attached = 1 AND t.finished_at IS NOT NULL AND t.finished_at <= @detachBefore)
-        OR t.workspace_removed_at IS NOT NULL)
-      ORDER BY l.next_attempt_at LIMIT @limit`).all({ now, limit, detachBefore: now - detachDelayMs }) as LettaSyncRow[]
-  }
-
-  /**
-   * Ended tasks whose end the agent was not told of (the process stopped between the task's end and
-   * the outbox entry, or a follow-up turn ended): their notification becomes pending.
-   */
-  lettaCatchUp (): void {
-    this.db.prepare(`UPDATE letta_sync SET notify = 'pending', dirty = 1 WHERE deleted = 0 AND task_id IN (
-      SELECT t.id FROM tasks t WHERE t.id = letta_sync.task_id AND t.status IN ('completed', 'failed', 'timeout', 'cancelled')
-      AND (letta_sync.notify = 'none' OR (letta_sync.notify = 'sent' AND t.turns > letta_sync.notified_turn)))`).run()
-  }
-
-  lettaMarkDirty (taskId: string): void {
-    this.db.prepare('UPDATE letta_sync SET dirty = 1 WHERE task_id = ? AND dirty = 0 AND deleted = 0').run(taskId)
-  }
-
-  /** Everything waiting in backoff is due now (Letta is back, or a new process starts). */
-  lettaRetryNow (): void {
-    this.db.prepare('UPDATE letta_sync SET next_attempt_at = 0 WHERE next_attempt_at > 0 AND deleted = 0').run()
-  }
-
-  /** Outbox rows not done yet (health: pending Letta work). */
-  lettaPending (): number {
-    return (this.db.prepare("SELECT COUNT(*) AS n FROM letta_sync WHERE deleted = 0 AND (dirty = 1 OR notify IN ('pending', 'sending'))").get() as { n: number }).n
   }
 
   /** Tasks in any of these states (start-up recovery). */

@@ -56,9 +56,5 @@ export interface TaskRecord {
 
 export interface TaskEvent { seq: number, at: number, type: string, data: Record<string, unknown> }
 
-export class TaskError extends Error {
-  override name = 'TaskError'
-  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining' | 'unavailable', message: string, readonly details: Record<string, unknown> = {}) {
-    super(message)
-  }
-}
+/** Defined below the tasks and runner layers (both throw it); re-exported for the tools and routes. */
+export { TaskError } from '../errors.js'

@@ -1,7 +1,7 @@
 /** Real-engine helpers: the locally built base image, and labels so tests clean up after themselves. */
 import type { Test } from 'tap'
 import { DockerEngine } from '../../services/docker/engine.js'
-import { LABEL } from '../../services/tasks/container-spec.js'
+import { LABEL } from '../../services/runner/container-spec.js'
 
 /** Built by scripts/base-image.sh (called from .ci/run): a Debian minbase imported locally. */
 export const BASE_IMAGE = process.env.TEST_BASE_IMAGE ?? 'letta-opencode-base:bookworm'

@@ -8,7 +8,7 @@
 import type { Config } from '../config.js'
 import { parseByteSize } from '../config.js'
 import type { ContainerCreateSpec } from '../docker/engine.js'
-import { OPENCODE_DATA_HOME, OPENCODE_STATE_DIR, stateVolume, WORKSPACE_DIR, workspaceVolume } from '../runner/workspace.js'
+import { OPENCODE_DATA_HOME, OPENCODE_STATE_DIR, stateVolume, WORKSPACE_DIR, workspaceVolume } from './workspace.js'
 
 export const LABEL = {
   service: 'letta-opencode-plugin.service',

@@ -1,0 +1,11 @@
+/**
+ * The error every layer answers a caller with (the tools and routes map its code to a tool error or
+ * an HTTP status). It lives below the tasks and runner layers so that both may throw it while the
+ * runner layer imports nothing from the tasks layer.
+ */
+export class TaskError extends Error {
+  override name = 'TaskError'
+  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining' | 'unavailable', message: string, readonly details: Record<string, unknown> = {}) {
+    super(message)
+  }
+}
