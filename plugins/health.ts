@@ -34,7 +34,8 @@ export default fp(async (fastify) => {
         : { configured: false, reachable: null, version: null, last_error: null, checked_at: null, pending: 0 },
       load: (({ eventLoopDelay, heapUsed }) => ({
         shedding: fastify.isUnderPressure(),
-        event_loop_delay_ms: Math.round(eventLoopDelay * 100) / 100,
+        // under-pressure reports Infinity until its first sample: 0 (nothing measured yet), never a non-number
+        event_loop_delay_ms: Number.isFinite(eventLoopDelay) ? Math.round(eventLoopDelay * 100) / 100 : 0,
         heap_used_bytes: heapUsed
       }))(fastify.memoryUsage())
     })
