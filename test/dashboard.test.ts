@@ -5,15 +5,20 @@
  * text, another principal's task not found, the health page, the static headers (CSP, caching),
  * 360 px and 1440 px layouts, screenshots for the README, and the benchmark numbers.
  */
-import { mkdirSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { createServer } from 'node:http'
 import { join } from 'node:path'
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { TaskRecord } from '../services/tasks/types.js'
-import { listen } from './helpers/app.js'
+import { startModelServer } from './fixtures/model-server.js'
+import { listen, tempDir } from './helpers/app.js'
 import { connect, toolOk } from './helpers/mcp.js'
+import { opencodeConfigDir } from './helpers/opencode.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const ALICE = 'alice-token-0123456789abcdef'
@@ -221,6 +226,61 @@ t.test('health page, headers (CSP, caching), the new routes\' scoping, 360 px', 
   await page.getByText('No tasks yet').waitFor()
   await page.keyboard.press('Tab')
   t.equal(await page.evaluate('document.activeElement?.textContent'), 'Skip to content', 'keyboard: the first stop skips to the content')
+})
+
+/** A git repository served read-only over git's dumb HTTP protocol on loopback (as test/opencode.test.ts does). */
+async function gitServer (t: Test): Promise<string> {
+  const root = tempDir(t, 'lop-git-')
+  const work = join(root, 'work')
+  mkdirSync(work)
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: work, env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@t', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@t' } })
+  git('init', '-q', '-b', 'main')
+  writeFileSync(join(work, 'README.md'), '# demo\n')
+  git('add', '.')
+  git('commit', '-q', '-m', 'initial')
+  execFileSync('git', ['clone', '-q', '--bare', work, join(root, 'repo.git')])
+  execFileSync('git', ['update-server-info'], { cwd: join(root, 'repo.git') })
+  const server = createServer((req, res) => {
+    readFile(join(root, decodeURIComponent((req.url ?? '/').split('?')[0]))).then((data) => res.end(data), () => res.writeHead(404).end())
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  return `http://127.0.0.1:${(server.address() as { port: number }).port}/repo.git`
+}
+
+t.test('the diff of a cloned repository, rendered as a diff (the real OpenCode, scripted model)', async (t) => {
+  const model = await startModelServer('127.0.0.1')
+  t.teardown(() => model.close())
+  const { url } = await listen(t, {
+    env: {
+      RUNNER_IMAGE: 'letta-opencode-runner:latest',
+      RUNNER_NETWORK: 'host',
+      RUNNER_MEMORY_LIMIT: '1g',
+      RUNNER_CPU_LIMIT: '1',
+      RUNNER_STOP_GRACE_S: '1',
+      RUNNER_MODEL: 'mock/scripted',
+      RUNNER_OPENCODE_CONFIG_DIR: opencodeConfigDir(t, model.url),
+      MCP_AUTH_TOKENS: `alice:${ALICE}`
+    }
+  })
+  const { client } = await connect(t, url, { authorization: `Bearer ${ALICE}`, 'x-agent-id': 'agent-alice' })
+  const repo = await gitServer(t)
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } })
+  t.teardown(() => context.close())
+  const page = await context.newPage()
+  page.setDefaultTimeout(180_000)
+  page.on('pageerror', (err) => t.fail(`page error: ${err.message}`))
+  await signIn(page, url)
+  const task = await submit(client, { task_description: '[script:write-edit] add a greeting', repository: { url: repo, branch: 'main' } })
+  await page.goto(`${url}/ui/tasks/${task.task_id}`)
+  await status(page, 'completed')
+  await page.locator('#answer', { hasText: 'Done: wrote hello.txt and edited it.' }).waitFor()
+  await page.locator('#timeline li[data-type="tool_use"]', { hasText: 'write hello.txt' }).waitFor()
+  await page.locator('#diff .d-meta', { hasText: '+++ b/hello.txt' }).waitFor()
+  t.same(await page.locator('#diff .d-add').allInnerTexts(), ['+hello from the real OpenCode'], 'the added line, marked as added')
+  await page.locator('#files button[data-path="README.md"]').click()
+  await page.locator('#viewer ol.code li', { hasText: '# demo' }).waitFor()
+  await page.locator('#diff-section').screenshot({ path: join(DOCS, 'dashboard-diff.png') })
 })
 
 /** A task record as the store keeps it, for the list benchmark (no container runs). */

@@ -492,7 +492,7 @@ function taskPage (id: string, signal: AbortSignal): void {
     const pre = h('pre', { class: 'diff', tabindex: 0, 'aria-label': 'Diff' })
     for (const line of d.diff.split('\n')) {
       const kind = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') || line.startsWith('index ') ? 'meta' : line.startsWith('@@') ? 'hunk' : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : 'ctx'
-      pre.append(h('span', { class: `d-${kind}` }, line + '\n'))
+      pre.append(h('span', { class: `d-${kind}` }, line || ' '))
     }
     diff.replaceChildren(pre)
     if (d.truncated) diff.append(h('p', { class: 'muted' }, 'The diff was truncated.'))
