@@ -117,6 +117,7 @@ t.test('sign in, a task submitted over MCP appears live, its log arrives while i
   await page.locator('.facts dd', { hasText: /^2$/ }).waitFor()
   await status(page, 'completed')
   await page.locator('#files li').first().waitFor()
+  await page.locator('#diff', { hasText: 'No diff: the workspace is not a cloned repository' }).waitFor()
   mkdirSync(DOCS, { recursive: true })
   await page.screenshot({ path: join(DOCS, 'dashboard-task.png'), fullPage: true })
 
@@ -140,6 +141,9 @@ t.test('cancel from the page asks first, then the task ends cancelled', async (t
   await page.locator('#confirm-yes').click()
   await status(page, 'cancelled')
   await page.locator('#timeline li[data-type="cancel_requested"]').waitFor()
+  await page.locator('#timeline li[data-type="cancelled"]').waitFor()
+  const types = await page.locator('#timeline li').evaluateAll((items) => items.map((li) => li.getAttribute('data-type')))
+  t.same(types, ['queued', 'started', 'cancel_requested', 'cancelled'], 'the history in order, each event once')
   t.ok(await page.locator('#cancel').isDisabled(), 'nothing more to cancel')
   t.ok(await page.locator('#pause').isDisabled())
 })

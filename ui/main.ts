@@ -443,6 +443,8 @@ function taskPage (id: string, signal: AbortSignal): void {
   const loadTimeline = async () => {
     const { events } = await api<{ events: TaskEvent[] }>(`${path}/events?after=${lastSeq}&limit=1000`)
     for (const e of events) {
+      // two reads may overlap (a poll and a state change): each event is shown once
+      if (e.seq <= lastSeq) continue
       lastSeq = e.seq
       timeline.append(h('li', { 'data-type': e.type }, h('time', { datetime: e.at }, when(e.at)), h('span', { class: 'etype' }, e.type), h('span', { class: 'emsg' }, e.message === e.type ? '' : e.message)))
     }
@@ -515,7 +517,10 @@ function taskPage (id: string, signal: AbortSignal): void {
     await loadTimeline().catch(() => {})
     if (!TERMINAL.has(task.status)) log.follow()
     if (task.workspace_available && !filesLoaded && TERMINAL.has(task.status)) await loadFiles()
-    if (TERMINAL.has(task.status) && !diffShown && task.has_diff) await loadDiff().catch(() => {})
+    if (TERMINAL.has(task.status) && !diffShown) {
+      if (task.has_diff) await loadDiff().catch(() => {})
+      else diff.replaceChildren(h('p', { class: 'muted' }, 'No diff: the workspace is not a cloned repository (the files are above).'))
+    }
   }
 
   show(h('p', {}, h('a', { href: '/ui' }, '← All tasks')), head,
