@@ -13,6 +13,8 @@ COPY app.ts server.ts ./
 COPY plugins ./plugins
 COPY routes ./routes
 COPY services ./services
+COPY ui ./ui
+COPY scripts/build-ui.mjs ./scripts/
 RUN npm run build && npm prune --omit=dev
 
 FROM ${NODE_IMAGE} AS runtime

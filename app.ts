@@ -20,6 +20,7 @@ import healthRoute from './routes/health.js'
 import mcpRoute from './routes/mcp.js'
 import metricsRoute from './routes/metrics.js'
 import tasksRoute from './routes/tasks.js'
+import uiRoute from './routes/ui.js'
 
 export type AppOptions = ConfigPluginOptions & DockerPluginOptions
 
@@ -129,6 +130,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(mcpRoute)
   await fastify.register(tasksRoute)
   await fastify.register(metricsRoute)
+  await fastify.register(uiRoute)
 }
 
 // not encapsulated: the entry point and the tests read the decorators (config, docker, …) from the root
