@@ -13,7 +13,7 @@ const ErrorSchema = Type.Object({ statusCode: Type.Integer(), error: Type.String
 const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema }
 const TaskParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 100, description: 'The task id' }) })
 
-const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503 }
+const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503, budget: 429 }
 
 const route: FastifyPluginAsyncTypebox = async (fastify) => {
   const tasks = fastify.tasks
