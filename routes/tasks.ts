@@ -36,13 +36,14 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
         status: Type.Optional(TaskStatusSchema),
         agent_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._:-]{1,128}$' })),
         limit: Type.Integer({ minimum: 1, maximum: 200, default: 20 }),
-        offset: Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 })
+        offset: Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 }),
+        cost_total: Type.Boolean({ default: false, description: 'Also return cost_total: what all the tasks the filter selects spent' })
       }, { additionalProperties: false }),
       response: { 200: TaskListSchema, ...errors }
     }
   }, async (request) => {
-    const { tasks: list, total } = tasks.list(request.principal, request.query)
-    return { tasks: list.map(taskView), total }
+    const { tasks: list, total, cost_total: costTotal } = tasks.list(request.principal, request.query)
+    return { tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) }
   })
 
   fastify.get('/tasks/:id', {

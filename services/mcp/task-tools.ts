@@ -125,9 +125,10 @@ const ListTasksInput = z.object({
   status: z.enum(TASK_STATUSES).optional(),
   agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
   limit: z.number().int().min(1).max(200).optional(),
-  offset: z.number().int().min(0).max(MAX_OFFSET).optional()
+  offset: z.number().int().min(0).max(MAX_OFFSET).optional(),
+  cost_total: z.boolean().optional().describe('Also return cost_total: what all the tasks the filter selects spent')
 })
-const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number() })
+const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number(), cost_total: z.number().optional() })
 const GetTaskLogsInput = z.object({
   task_id: taskId,
   offset: z.number().int().min(0).max(MAX_LOG_OFFSET).optional().describe('Byte offset to read from (default 0)'),
@@ -313,13 +314,13 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('list_tasks', {
     title: 'List tasks',
-    description: 'Your tasks, newest first, optionally filtered by status or agent.',
+    description: 'Your tasks, newest first, optionally filtered by status or agent; cost_total=true adds what all the tasks the filter selects spent.',
     inputSchema: ListTasksInput,
     outputSchema: ListTasksOutput,
     annotations: { readOnlyHint: true }
   }, async (filter) => {
-    const { tasks: list, total } = tasks.list(principal, filter)
-    return jsonResult({ tasks: list.map(taskView), total })
+    const { tasks: list, total, cost_total: costTotal } = tasks.list(principal, filter)
+    return jsonResult({ tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) })
   })
 
   server.registerTool('get_task_logs', {

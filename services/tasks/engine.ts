@@ -508,8 +508,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return this.store.events(id, 0, n, 'desc').reverse()
   }
 
-  list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number }) {
-    return this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
+  /** A page of the caller's tasks; with `cost_total`, what all the tasks the filter selects spent. */
+  list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number, cost_total?: boolean }): { tasks: TaskRecord[], total: number, cost_total?: number } {
+    const page = this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
+    return filter.cost_total ? { ...page, cost_total: this.store.costTotal({ principal, status: filter.status, agent_id: filter.agent_id }) } : page
   }
 
   /** A byte range of the task's full log (kept on disk up to TASK_LOG_LIMIT). */

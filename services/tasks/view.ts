@@ -54,7 +54,11 @@ export const TaskViewSchema = Type.Object({
 })
 export type TaskView = Static<typeof TaskViewSchema>
 
-export const TaskListSchema = Type.Object({ tasks: Type.Array(TaskViewSchema), total: Type.Integer() })
+export const TaskListSchema = Type.Object({
+  tasks: Type.Array(TaskViewSchema),
+  total: Type.Integer(),
+  cost_total: Type.Optional(Type.Number({ description: 'With cost_total=true: what all the tasks the filter selects spent (every page)' }))
+})
 
 export const TaskEventSchema = Type.Object({
   seq: Type.Integer(),
