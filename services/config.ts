@@ -192,6 +192,12 @@ export function isLoopbackHost (host: string): boolean {
 
 /** Checks that need more than one variable or a parse; run after schema validation. */
 export function checkConfig (config: Config): void {
+  // the schema's bounds do not hold for a coerced "Infinity": every number must be finite
+  for (const [name, schema] of Object.entries(ConfigSchema.properties) as Array<[keyof Config, { type?: string, description?: string }]>) {
+    if ((schema.type === 'number' || schema.type === 'integer') && !Number.isFinite(config[name])) {
+      throw new ConfigError(`Invalid configuration: ${name}="${String(config[name])}": expected ${schema.description ?? 'a finite number'}`)
+    }
+  }
   let memory: number
   try {
     memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)

@@ -72,7 +72,7 @@ export class Metrics {
     })
     this.outcomes = new Counter({
       name: 'lop_task_outcomes_total',
-      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error)',
+      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error, budget)',
       labelNames: ['outcome'],
       registers
     })

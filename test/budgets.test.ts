@@ -7,7 +7,10 @@
  * a restart. Runner containers use host networking to reach the model server on loopback.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import Fastify from 'fastify'
 import t, { type Test } from 'tap'
+import configPlugin from '../plugins/config.js'
+import { buildBlockValue, notificationText } from '../services/letta/block.js'
 import { LABEL } from '../services/runner/container-spec.js'
 import { dailyOver, DAY_MS } from '../services/tasks/budget.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
@@ -56,7 +59,7 @@ async function containerGone (t: Test, id: string) {
 }
 
 t.test('max_tokens below what the script spends: stopped at the step end that crossed it, reason budget', async (t) => {
-  const { url } = await setup(t, { RUNNER_MAX_TOKENS: '100000' })
+  const { app, url } = await setup(t, { RUNNER_MAX_TOKENS: '100000' })
   const c = await client(t, url)
   const task = await submit(c, { task_description: '[script:budget-steps] take three steps', max_tokens: 150 })
   t.match(task.budget, { max_tokens: 150, max_cost: null, max_steps: null }, 'the view shows the limit asked for')
@@ -69,6 +72,12 @@ t.test('max_tokens below what the script spends: stopped at the step end that cr
   const file = await toolOk(c, 'read_task_file', { task_id: task.task_id, path: 'steps.txt' })
   t.equal(file.content, 'one\ntwo\n', 'the third step\'s tool never finished')
   await containerGone(t, task.task_id)
+
+  // what the agent is told: the Letta block's summary and the completion message carry the numbers
+  const record = app.tasks.store.get(task.task_id)!
+  t.match(notificationText(record), /OpenCode task \S+ failed after [\d.]+ s\.\n[^]*Error: budget: stopped after step 2: tokens \d+ > max_tokens 150/)
+  const block = JSON.parse(buildBlockValue(record, [], { chars: 50_000, maxEvents: 50 })) as { artifacts: Array<{ status: string, error: string }> }
+  t.match(block.artifacts[0], { status: 'failed', error: /^budget: stopped after step 2/ })
 
   // the budget is used up: a follow-up turn is refused with the numbers
   const more = toolErrorOf(await callTool(c, 'send_task_message', { task_id: task.task_id, message: 'go on' }))
@@ -157,4 +166,26 @@ t.test('the principal budget: refused once used up, freed when the oldest spendi
   t.match(dailyOver(config, store, 'p1', null, now), { scope: 'principal', variable: 'PRINCIPAL_DAILY_COST', spent: 3.5, budget: 3, resets_at: now - 5 * 3600_000 + DAY_MS },
     'used up; free again once the oldest step (1) leaves the window: 2.5 < 3')
   t.equal(store.deleteSpendBefore(now - DAY_MS), 1, 'retention prunes spending past the window')
+})
+
+t.test('budget variables: bounded and finite, 0 for none; a bad value names the variable and what is expected', async (t) => {
+  const load = async (env: Record<string, string>) => {
+    const app = Fastify({ logger: false })
+    await app.register(configPlugin, { env, envFile: false })
+    await app.ready()
+    const config = app.config
+    await app.close()
+    return config
+  }
+  t.match(await load({}), { RUNNER_MAX_COST: 0, RUNNER_MAX_TOKENS: 0, RUNNER_MAX_STEPS: 0, AGENT_DAILY_COST: 0, PRINCIPAL_DAILY_COST: 0 })
+  t.match(await load({ RUNNER_MAX_COST: '2.5', AGENT_DAILY_COST: '20', PRINCIPAL_DAILY_COST: '100', RUNNER_MAX_STEPS: '50' }), { RUNNER_MAX_COST: 2.5, AGENT_DAILY_COST: 20, PRINCIPAL_DAILY_COST: 100, RUNNER_MAX_STEPS: 50 })
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ RUNNER_MAX_COST: '-1' }, /^Invalid configuration: RUNNER_MAX_COST="-1": expected a cost from 0 to 1000000/],
+    [{ RUNNER_MAX_COST: 'Infinity' }, /RUNNER_MAX_COST="Infinity": expected a cost from 0 to 1000000/],
+    [{ AGENT_DAILY_COST: 'NaN' }, /AGENT_DAILY_COST="NaN": expected a cost from 0 to 1000000000/],
+    [{ PRINCIPAL_DAILY_COST: '1e12' }, /PRINCIPAL_DAILY_COST="1e12": expected a cost from 0 to 1000000000/],
+    [{ RUNNER_MAX_TOKENS: '1.5' }, /RUNNER_MAX_TOKENS="1.5": expected an integer from 0 to 1000000000000/],
+    [{ RUNNER_MAX_STEPS: '100001' }, /RUNNER_MAX_STEPS="100001": expected an integer from 0 to 100000/]
+  ]
+  for (const [env, message] of cases) await t.rejects(load(env), message)
 })
