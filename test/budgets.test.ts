@@ -68,7 +68,9 @@ t.test('max_tokens below what the script spends: stopped at the step end that cr
   t.ok(done.budget!.spent.tokens > 150 && done.budget!.spent.steps === 2, `spent vs limits in the view (${JSON.stringify(done.budget)})`)
   const events = (await history(c, task.task_id)).events
   t.equal(events.filter((e) => e.type === 'step_finish').length, 2, 'no step finished after the one that crossed the limit')
-  t.ok(events.some((e) => e.type === 'budget'), 'the budget stop is in the history')
+  const types = events.map((e) => e.type)
+  t.ok(types.indexOf('budget') > types.lastIndexOf('step_finish'), 'the budget stop is in the history, after the step end that crossed the limit')
+  t.match(events.find((e) => e.type === 'budget')?.data, { error: /^budget: stopped after step 2/ })
   const file = await toolOk(c, 'read_task_file', { task_id: task.task_id, path: 'steps.txt' })
   t.equal(file.content, 'one\ntwo\n', 'the third step\'s tool never finished')
   await containerGone(t, task.task_id)

@@ -386,13 +386,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const spent = spentOf(task)
     const budgeted = task.limits != null || this.config.AGENT_DAILY_COST > 0 || this.config.PRINCIPAL_DAILY_COST > 0
     const stepEnded = (e: ParsedEvent) => {
-      const tokens = e.data.tokens as { input: number, output: number }
-      const cost = Number(e.data.cost) || 0
-      spent.tokens += tokens.input + tokens.output
+      // what the agent's output says is counted only as a finite, non-negative number
+      const count = (n: unknown) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0)
+      const reported = e.data.tokens as { input?: unknown, output?: unknown }
+      const tokens = count(reported.input) + count(reported.output)
+      const cost = count(e.data.cost)
+      spent.tokens += tokens
       spent.cost += cost
       this.store.update(id, { spent: { ...spent } })
-      this.store.addSpend({ task_id: id, step: spent.steps, principal: task.principal, agent_id: task.agent_id, at: Date.now(), cost, tokens: tokens.input + tokens.output })
-      this.emit('spent', task, cost, tokens.input + tokens.output)
+      this.store.addSpend({ task_id: id, step: spent.steps, principal: task.principal, agent_id: task.agent_id, at: Date.now(), cost, tokens })
+      this.emit('spent', task, cost, tokens)
       if (!budgeted || live.ending) return
       const over = overLimits(task.limits, spent, e.data.reason !== 'stop')
       const daily = over ? undefined : dailyOver(this.config, this.store, task.principal, task.agent_id)
@@ -403,13 +406,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     const record = (events: ParsedEvent[]) => {
       if (events.length === 0) return
+      const room = Math.max(0, EVENTS_PER_TURN - stored)
+      this.store.addEvents(id, events.slice(0, room))
+      stored += events.length
+      // spending and budgets after the events are in the history (a budget stop comes after its step end)
       for (const e of events) {
         if (e.type === 'step_start') spent.steps = Number(e.data.step) || spent.steps + 1
         else if (e.type === 'step_finish') stepEnded(e)
       }
-      const room = Math.max(0, EVENTS_PER_TURN - stored)
-      this.store.addEvents(id, events.slice(0, room))
-      stored += events.length
       live.lastEvent = events[events.length - 1].summary
       const subscribers = this.eventSubscribers.get(id)
       for (const e of events) {
