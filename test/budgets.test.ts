@@ -106,6 +106,20 @@ t.test('max_steps: the agent that wants a step past the limit is stopped; the ce
   t.match(await ended(c, small.task_id), { status: 'completed', reason: 'exit', budget: { max_steps: 1, spent: { steps: 1 } } })
 })
 
+t.test('a follow-up turn spends the same budget: stopped in the second turn once the total crosses max_tokens', async (t) => {
+  const { url } = await setup(t)
+  const c = await client(t, url)
+  const task = await submit(c, { task_description: '[script:answer] answer', max_tokens: 300 })
+  const first = await ended(c, task.task_id)
+  t.match(first, { status: 'completed', budget: { max_tokens: 300, spent: { steps: 1 } } })
+  t.ok(first.budget!.spent.tokens < 300)
+  t.match(await toolOk(c, 'send_task_message', { task_id: task.task_id, message: '[script:budget-steps] now take three steps' }), { delivery: 'follow_up_started' })
+  const done = await ended(c, task.task_id)
+  // about 110 tokens a step: the first turn's step, then the second turn's first step, then its second crosses 300
+  t.match(done, { status: 'failed', reason: 'budget', turns: 2, error: /^budget: stopped after step 3: tokens \d+ > max_tokens 300/ })
+  await containerGone(t, task.task_id)
+})
+
 t.test('daily agent budget: a running task that crosses it is stopped; the next submission is refused with the reset time; per principal; after a restart', async (t) => {
   const dataDir = tempDir(t, 'lop-budget-data-')
   const env = { AGENT_DAILY_COST: '2', MCP_AUTH_TOKENS: `alice:${ALICE},bob:${BOB}`, DATA_DIR: dataDir }
