@@ -25,5 +25,6 @@ export default fp(async (fastify) => {
   tasks.on('started', (task) => metrics.taskStarted(task))
   tasks.on('ended', (task) => metrics.taskEnded(task))
   tasks.on('orphan_removed', () => metrics.orphanRemoved())
+  tasks.on('spent', (task, cost, tokens) => metrics.spent(task, cost, tokens))
   fastify.decorate('metrics', metrics)
 }, { name: 'metrics', dependencies: ['docker', 'tasks'], fastify: '5.x' })

@@ -17,7 +17,7 @@ const ErrorSchema = Type.Object({ statusCode: Type.Integer(), error: Type.String
 const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema }
 const TaskParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 100, description: 'The task id' }) })
 
-const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503 }
+const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503, budget: 429 }
 /** The Docker engine's errors of a workspace read (files, file): the engine down is a 503, its refusals a 4xx. */
 const DOCKER_STATUS_OF: Partial<Record<DockerErrorCode, number>> = { no_such_container: 404, no_such_volume: 404, no_such_image: 503, conflict: 409, bad_request: 400 }
 
@@ -56,13 +56,14 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
         status: Type.Optional(TaskStatusSchema),
         agent_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._:-]{1,128}$' })),
         limit: Type.Integer({ minimum: 1, maximum: 200, default: 20 }),
-        offset: Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 })
+        offset: Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 }),
+        cost_total: Type.Boolean({ default: false, description: 'Also return cost_total: what all the tasks the filter selects spent' })
       }, { additionalProperties: false }),
       response: { 200: TaskListSchema, ...errors }
     }
   }, async (request) => {
-    const { tasks: list, total } = tasks.list(request.principal, request.query)
-    return { tasks: list.map(taskView), total }
+    const { tasks: list, total, cost_total: costTotal } = tasks.list(request.principal, request.query)
+    return { tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) }
   })
 
   /**

@@ -43,6 +43,12 @@ export const ConfigSchema = Type.Object({
   RUNNER_MODELS_ALLOWED: Str('', 'a comma list of provider/model a task may ask for; empty means only RUNNER_MODEL'),
   RUNNER_ENV_PASSTHROUGH: Str('', 'a comma list of variable names passed to runner containers, such as ANTHROPIC_API_KEY,OPENAI_API_KEY', { pattern: '^([A-Za-z_][A-Za-z0-9_]*(\\s*,\\s*[A-Za-z_][A-Za-z0-9_]*)*)?$' }),
   RUNNER_OPENCODE_CONFIG_DIR: Str('', 'a host directory or Docker volume holding opencode.json, mounted read-only in runner containers, or empty'),
+  // Budgets (0: none): a task's ceilings (a caller may ask for less, never more), and rolling 24 h budgets
+  RUNNER_MAX_COST: Type.Number({ default: 0, minimum: 0, maximum: 1_000_000, description: 'a cost from 0 to 1000000 in the currency OpenCode reports, such as 2.5 (the most a task may spend; 0: no ceiling)' }),
+  RUNNER_MAX_TOKENS: Int(0, 0, 1_000_000_000_000, 'an integer from 0 to 1000000000000 (input + output tokens a task may use; 0: no ceiling)'),
+  RUNNER_MAX_STEPS: Int(0, 0, 100_000, 'an integer from 0 to 100000 (model steps a task may take over all its turns; 0: no ceiling)'),
+  AGENT_DAILY_COST: Type.Number({ default: 0, minimum: 0, maximum: 1_000_000_000, description: 'a cost from 0 to 1000000000, such as 20 (what one agent_id of a principal may spend in 24 h; 0: no budget)' }),
+  PRINCIPAL_DAILY_COST: Type.Number({ default: 0, minimum: 0, maximum: 1_000_000_000, description: 'a cost from 0 to 1000000000, such as 100 (what one principal may spend in 24 h; 0: no budget)' }),
   RUNNER_IDLE_TIMEOUT_MS: Int(600_000, 0, 86_400_000, 'milliseconds from 0 to 86400000 (a task that prints nothing this long ends as stalled; 0 turns it off)'),
   MAX_TASK_FILE_SIZE: Int(1024 * 1024, 1024, 64 * 1024 * 1024, 'bytes from 1024 to 67108864 (the largest file read_task_file returns)'),
   WORKSPACE_RETENTION_MS: Int(7 * 86_400_000, 0, 365 * 86_400_000, 'milliseconds from 0 to 31536000000 (how long a finished task\'s workspace is kept)'),
@@ -186,6 +192,12 @@ export function isLoopbackHost (host: string): boolean {
 
 /** Checks that need more than one variable or a parse; run after schema validation. */
 export function checkConfig (config: Config): void {
+  // the schema's bounds do not hold for a coerced "Infinity": every number must be finite
+  for (const [name, schema] of Object.entries(ConfigSchema.properties) as Array<[keyof Config, { type?: string, description?: string }]>) {
+    if ((schema.type === 'number' || schema.type === 'integer') && !Number.isFinite(config[name])) {
+      throw new ConfigError(`Invalid configuration: ${name}="${String(config[name])}": expected ${schema.description ?? 'a finite number'}`)
+    }
+  }
   let memory: number
   try {
     memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)

@@ -5,7 +5,7 @@
  */
 export class TaskError extends Error {
   override name = 'TaskError'
-  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining' | 'unavailable', message: string, readonly details: Record<string, unknown> = {}) {
+  constructor (readonly code: 'not_found' | 'conflict' | 'queue_full' | 'invalid' | 'disabled' | 'draining' | 'unavailable' | 'budget', message: string, readonly details: Record<string, unknown> = {}) {
     super(message)
   }
 }

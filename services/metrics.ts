@@ -30,6 +30,8 @@ export class Metrics {
   private readonly queueWait: Histogram
   private readonly lettaFailures: Counter<'kind'>
   private readonly orphans: Counter
+  private readonly cost: Counter<'principal' | 'agent_id'>
+  private readonly tokens: Counter<'principal' | 'agent_id'>
   /** Read when scraped. */
   readonly gauges: Gauge[]
 
@@ -70,13 +72,15 @@ export class Metrics {
     })
     this.outcomes = new Counter({
       name: 'lop_task_outcomes_total',
-      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error)',
+      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error, budget)',
       labelNames: ['outcome'],
       registers
     })
     this.toolCalls = new Counter({ name: 'lop_mcp_tool_calls_total', help: 'MCP tool calls by tool and outcome (ok, error, exception)', labelNames: ['tool', 'outcome'], registers })
     this.lettaFailures = new Counter({ name: 'lop_letta_failures_total', help: 'Failed Letta calls by kind (block, notification), after retries', labelNames: ['kind'], registers })
     this.orphans = new Counter({ name: 'lop_orphans_removed_total', help: 'Labelled task containers removed by reconciliation', registers })
+    this.cost = new Counter({ name: 'lop_cost_total', help: 'Model cost spent by tasks (as OpenCode reports it), by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
+    this.tokens = new Counter({ name: 'lop_tokens_total', help: 'Model tokens (input + output) used by tasks, by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
   }
 
   taskStarted (task: TaskRecord): void {
@@ -87,6 +91,13 @@ export class Metrics {
     const outcome = outcomeOf(task)
     this.outcomes.inc({ outcome })
     if (task.started_at && task.finished_at) this.duration.observe({ outcome }, (task.finished_at - task.started_at) / 1000)
+  }
+
+  /** A step's spending (each step end of a task). */
+  spent (task: Pick<TaskRecord, 'principal' | 'agent_id'>, cost: number, tokens: number): void {
+    const labels = { principal: task.principal, agent_id: task.agent_id ?? '' }
+    this.cost.inc(labels, cost)
+    this.tokens.inc(labels, tokens)
   }
 
   toolCall (tool: string, outcome: 'ok' | 'error' | 'exception'): void {

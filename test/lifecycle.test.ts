@@ -102,4 +102,6 @@ t.test('turnEnd: a turn\'s end as the task\'s status and error', async (t) => {
   t.match(end('stalled', 143), { status: 'failed', error: /no output for 900 ms/ })
   t.match(end('interrupted', 143), { status: 'failed', error: /SHUTDOWN_GRACE_MS=5000/ })
   t.same(end('engine_error', null, '', 'socket hang up'), { status: 'failed', error: 'socket hang up' })
+  const budget = turnEnd({ reason: 'budget', exitCode: 0, detail: 'budget: stopped after step 2: tokens 225 > max_tokens 150', capture: { output: { text: () => '' } } as unknown as TurnOutcome['capture'] }, 1234, config)
+  t.same(budget, { status: 'failed', error: 'budget: stopped after step 2: tokens 225 > max_tokens 150' }, 'a budget stop fails the task with its numbers, whatever the exit code')
 })

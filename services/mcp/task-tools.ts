@@ -78,7 +78,10 @@ const OpencodeExecuteTaskInput = z.object({
     path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
     content: z.string().describe('UTF-8 content')
   })).max(100).optional().describe('Files to put in the workspace before the agent starts (1 MB in all)'),
-  observers: z.array(z.string().min(1).max(200)).max(20).optional().describe('Who else follows the task (at most 20 names): recorded in the task\'s history and status; nothing is sent to them')
+  observers: z.array(z.string().min(1).max(200)).max(20).optional().describe('Who else follows the task (at most 20 names): recorded in the task\'s history and status; nothing is sent to them'),
+  max_cost: z.number().positive().max(1_000_000).optional().describe('The most the task may spend over all its turns, in the currency OpenCode reports; at most RUNNER_MAX_COST (the default when that is set)'),
+  max_tokens: z.number().int().min(1).max(1_000_000_000_000).optional().describe('The most input + output tokens the task may use over all its turns; at most RUNNER_MAX_TOKENS (the default when that is set)'),
+  max_steps: z.number().int().min(1).max(100_000).optional().describe('The most model steps the agent may take over all its turns; at most RUNNER_MAX_STEPS (the default when that is set). Over a limit, the task is stopped and ends failed with reason budget')
 })
 const OpencodeExecuteTaskOutput = z.object({
   ...TaskViewShape,
@@ -122,9 +125,10 @@ const ListTasksInput = z.object({
   status: z.enum(TASK_STATUSES).optional(),
   agent_id: z.string().regex(AGENT_ID_PATTERN).optional(),
   limit: z.number().int().min(1).max(200).optional(),
-  offset: z.number().int().min(0).max(MAX_OFFSET).optional()
+  offset: z.number().int().min(0).max(MAX_OFFSET).optional(),
+  cost_total: z.boolean().optional().describe('Also return cost_total: what all the tasks the filter selects spent')
 })
-const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number() })
+const ListTasksOutput = z.object({ tasks: z.array(TaskViewOutput), total: z.number(), cost_total: z.number().optional() })
 const GetTaskLogsInput = z.object({
   task_id: taskId,
   offset: z.number().int().min(0).max(MAX_LOG_OFFSET).optional().describe('Byte offset to read from (default 0)'),
@@ -310,13 +314,13 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
 
   server.registerTool('list_tasks', {
     title: 'List tasks',
-    description: 'Your tasks, newest first, optionally filtered by status or agent.',
+    description: 'Your tasks, newest first, optionally filtered by status or agent; cost_total=true adds what all the tasks the filter selects spent.',
     inputSchema: ListTasksInput,
     outputSchema: ListTasksOutput,
     annotations: { readOnlyHint: true }
   }, async (filter) => {
-    const { tasks: list, total } = tasks.list(principal, filter)
-    return jsonResult({ tasks: list.map(taskView), total })
+    const { tasks: list, total, cost_total: costTotal } = tasks.list(principal, filter)
+    return jsonResult({ tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) })
   })
 
   server.registerTool('get_task_logs', {

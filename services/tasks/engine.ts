@@ -20,6 +20,7 @@ import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
 import { followLog, readLogRange } from '../runner/output.js'
+import { dailyMessage, dailyOver, dailyRefusal, DAY_MS, exhausted, overLimits, spentOf, taskLimits } from './budget.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
 import { transition, turnEnd } from './lifecycle.js'
 import { Run, type TurnOutcome } from './run.js'
@@ -30,7 +31,7 @@ export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'R
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
 'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS' |
 'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' |
-'TASK_RETENTION_MS'>
+'TASK_RETENTION_MS' | 'RUNNER_MAX_COST' | 'RUNNER_MAX_TOKENS' | 'RUNNER_MAX_STEPS' | 'AGENT_DAILY_COST' | 'PRINCIPAL_DAILY_COST'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
@@ -44,6 +45,10 @@ export interface SubmitArgs {
   files?: Array<{ path: string, content: string }>
   /** The original contract's observers: recorded in the queued event and the task view. */
   observers?: string[]
+  /** The task's budget: each at most the server's ceiling (RUNNER_MAX_COST, RUNNER_MAX_TOKENS, RUNNER_MAX_STEPS). */
+  max_cost?: number
+  max_tokens?: number
+  max_steps?: number
 }
 
 /** The kinds of follow-up message of the original tool contract; any but `update` reaches the agent as a `[type] ` prefix. */
@@ -61,6 +66,8 @@ export interface TaskEngineEvents {
   event: [taskId: string, event: ParsedEvent]
   ended: [TaskRecord]
   orphan_removed: [containerId: string]
+  /** A step's spending (at its end): cost as OpenCode reports it, tokens input + output. */
+  spent: [task: Pick<TaskRecord, 'id' | 'principal' | 'agent_id'>, cost: number, tokens: number]
 }
 
 /** Read through a call: `run.ending` is set by `control()` while `run()` awaits the engine. */
@@ -159,6 +166,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const repository = args.repository ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null } : null
     const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
+    const limits = taskLimits(this.config, args)
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
     // stored; a retry with a known key gets its task all the same
     const create = (): TaskRecord => {
@@ -166,6 +174,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const refusal = this.runnerImage?.refusal
       if (refusal) throw new TaskError('unavailable', refusal)
       if (this.semaphore.full) throw this.queueFull()
+      const daily = dailyOver(this.config, this.store, caller.principal, agentId)
+      if (daily) throw dailyRefusal(daily)
       return newTask()
     }
     const newTask = (): TaskRecord => ({
@@ -195,12 +205,15 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       seed,
       diff: null,
       diff_truncated: false,
-      workspace_removed_at: null
+      workspace_removed_at: null,
+      limits,
+      spent: null
     })
 
     let task: TaskRecord
     if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
-      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed])).digest('hex')
+      const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
+      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits])])).digest('hex')
       const claim = this.store.claimIdempotent({ principal: caller.principal, agent_id: agentId ?? '', key: args.idempotency_key, args_hash: argsHash, ttlMs: this.config.IDEMPOTENCY_TTL_MS }, create)
       if (claim.existing) {
         if (claim.args_hash !== argsHash) {
@@ -272,7 +285,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       docker: this.docker,
       config: this.config,
       signal: this.closing.signal,
-      onEnding: (reason) => { this.store.addEvent(id, reason, {}) },
+      onEnding: (reason, detail) => { this.store.addEvent(id, reason, detail ? { error: detail } : {}) },
       onRemoveFailed: (err) => this.log.warn({ taskId: id, err }, 'container removal failed')
     }, init)
   }
@@ -321,6 +334,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const id = task.id
     const turn = task.turns + 1
     const prompt = turn === 1 ? task.description : task.pending[0]
+    // a budget used up before the turn starts (the last turn's steps, the agent's day): no container
+    const used = exhausted(task.limits, spentOf(task))
+    const daily = dailyOver(this.config, this.store, task.principal, task.agent_id)
+    if (used ?? daily) {
+      const error = used ? `budget: turn ${turn} was not started: ${used}` : `budget: turn ${turn} was not started: ${dailyMessage(daily!)}`
+      await this.finish(id, { status: 'failed', reason: 'budget', error })
+      return undefined
+    }
     const startedAt = Date.now()
     transition(this.store, id, 'running', {
       turns: turn,
@@ -349,7 +370,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const removal = () => live.remove()
       const ending = endingOf(live)
       if (ending === 'cancelled') await this.finish(id, { status: 'cancelled', reason: 'cancelled' }, removal)
-      else if (ending) await this.finish(id, { status: ending === 'timeout' ? 'timeout' : 'failed', reason: ending, error: `ended (${ending}) before its container started` }, removal)
+      else if (ending) await this.finish(id, { status: ending === 'timeout' ? 'timeout' : 'failed', reason: ending, error: live.endingDetail ?? `ended (${ending}) before its container started` }, removal)
       else await this.finish(id, { status: 'failed', reason: 'engine_error', error: (err as Error).message }, removal)
       return undefined
     }
@@ -361,11 +382,38 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     // the timeout clock runs from here (unless the task is paused); kept in the store for a restart
     if (live.startClock()) this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     let stored = 0
+    // what the task spent: its finished turns, then this turn's steps as they end
+    const spent = spentOf(task)
+    const budgeted = task.limits != null || this.config.AGENT_DAILY_COST > 0 || this.config.PRINCIPAL_DAILY_COST > 0
+    const stepEnded = (e: ParsedEvent) => {
+      // what the agent's output says is counted only as a finite, non-negative number
+      const count = (n: unknown) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0)
+      const reported = e.data.tokens as { input?: unknown, output?: unknown }
+      const tokens = count(reported.input) + count(reported.output)
+      const cost = count(e.data.cost)
+      spent.tokens += tokens
+      spent.cost += cost
+      this.store.update(id, { spent: { ...spent } })
+      this.store.addSpend({ task_id: id, step: spent.steps, principal: task.principal, agent_id: task.agent_id, at: Date.now(), cost, tokens })
+      this.emit('spent', task, cost, tokens)
+      if (!budgeted || live.ending) return
+      const over = overLimits(task.limits, spent, e.data.reason !== 'stop')
+      const daily = over ? undefined : dailyOver(this.config, this.store, task.principal, task.agent_id)
+      if (!over && !daily) return
+      const error = over ?? `budget: stopped after step ${spent.steps}: ${dailyMessage(daily!)}`
+      this.log.warn({ taskId: id, agentId: task.agent_id, principal: task.principal, spent }, 'task over its budget: stopping it')
+      live.end('budget', error)
+    }
     const record = (events: ParsedEvent[]) => {
       if (events.length === 0) return
       const room = Math.max(0, EVENTS_PER_TURN - stored)
       this.store.addEvents(id, events.slice(0, room))
       stored += events.length
+      // spending and budgets after the events are in the history (a budget stop comes after its step end)
+      for (const e of events) {
+        if (e.type === 'step_start') spent.steps = Number(e.data.step) || spent.steps + 1
+        else if (e.type === 'step_finish') stepEnded(e)
+      }
       live.lastEvent = events[events.length - 1].summary
       const subscribers = this.eventSubscribers.get(id)
       for (const e of events) {
@@ -464,8 +512,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return this.store.events(id, 0, n, 'desc').reverse()
   }
 
-  list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number }) {
-    return this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
+  /** A page of the caller's tasks; with `cost_total`, what all the tasks the filter selects spent. */
+  list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number, cost_total?: boolean }): { tasks: TaskRecord[], total: number, cost_total?: number } {
+    const page = this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
+    return filter.cost_total ? { ...page, cost_total: this.store.costTotal({ principal, status: filter.status, agent_id: filter.agent_id }) } : page
   }
 
   /** A byte range of the task's full log (kept on disk up to TASK_LOG_LIMIT). */
@@ -532,6 +582,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const event = this.store.addEvent(id, 'message_queued', { ...note, position: task.pending.length + 1 })
       return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn', message_id: note.message_id, timestamp: event.at }
     }
+    const used = exhausted(task.limits, spentOf(task))
+    if (used) throw new TaskError('budget', `Task ${id} has used up its budget: ${used}; submit a new task (with a larger budget) instead`, { spent: spentOf(task), limits: task.limits })
+    const daily = dailyOver(this.config, this.store, principal, task.agent_id)
+    if (daily) throw dailyRefusal(daily)
     if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
     if (this.semaphore.full) throw this.queueFull()
     transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
@@ -678,6 +732,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   retain (now = Date.now()): number {
     this.store.deleteExpiredKeys(now - this.config.IDEMPOTENCY_TTL_MS)
+    this.store.deleteSpendBefore(now - DAY_MS)
     if (this.config.TASK_RETENTION_MS === 0) return 0
     // a task outlives its workspace (its removal is recorded on the task, and then its Letta block goes)
     const ids = this.store.deleteEnded(now - Math.max(this.config.TASK_RETENTION_MS, this.config.WORKSPACE_RETENTION_MS))

@@ -3,7 +3,7 @@
  * every status write goes. An illegal transition throws: it is a bug, never a caller's error.
  *
  *   queued    → running (a turn starts) | cancelled (cancelled while queued) | failed (the queue refused it)
- *   running   → paused | queued (a follow-up turn waits) | completed | failed | timeout | cancelled
+ *   running   → paused | queued (a follow-up turn waits) | completed | failed (also over its budget) | timeout | cancelled
  *   paused    → running (resumed) | completed | failed | timeout | cancelled
  *   completed, failed, timeout → queued (a follow-up message starts a new turn)
  *   cancelled → nothing
@@ -56,7 +56,7 @@ export function transition (store: TaskStore, id: string, to: TaskStatus, fields
  * How a turn's end maps to the task's end (when no follow-up turn comes): its status, and the error
  * its caller reads (null when it completed or was cancelled).
  */
-export function turnEnd (outcome: Pick<TurnOutcome, 'reason' | 'exitCode' | 'engineError' | 'capture'>, timeoutMs: number | undefined,
+export function turnEnd (outcome: Pick<TurnOutcome, 'reason' | 'exitCode' | 'engineError' | 'capture' | 'detail'>, timeoutMs: number | undefined,
   config: Pick<Config, 'RUNNER_MEMORY_LIMIT' | 'SHUTDOWN_GRACE_MS' | 'RUNNER_IDLE_TIMEOUT_MS' | 'RUNNER_IMAGE'>): { status: TaskStatus, error: string | null } {
   const { reason, exitCode, capture } = outcome
   const status: TaskStatus = reason === 'timeout'
@@ -67,6 +67,7 @@ export function turnEnd (outcome: Pick<TurnOutcome, 'reason' | 'exitCode' | 'eng
     oom: `killed for running out of memory (RUNNER_MEMORY_LIMIT=${config.RUNNER_MEMORY_LIMIT})`,
     engine_error: outcome.engineError ?? 'engine error',
     interrupted: `the service shut down before the task finished (SHUTDOWN_GRACE_MS=${config.SHUTDOWN_GRACE_MS}); its container was stopped; submit it again`,
+    budget: outcome.detail ?? 'budget: the task went over its budget and was stopped',
     stalled: `no output for ${config.RUNNER_IDLE_TIMEOUT_MS} ms (RUNNER_IDLE_TIMEOUT_MS): the agent seemed stuck and was stopped`,
     exit: status === 'failed' ? (exitCode === 127 && OPENCODE_NOT_FOUND.test(capture.output.text()) ? noOpencode(config.RUNNER_IMAGE) : `exited with code ${exitCode}`) : undefined
   }

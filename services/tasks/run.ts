@@ -17,12 +17,12 @@ export interface RunDeps {
   /** Aborted when the service closes: the run stops following (its container runs on, for recovery). */
   signal: AbortSignal
   /** A watchdog or the drain ends the run: called once, before its container is stopped. */
-  onEnding: (reason: EndReason) => void
+  onEnding: (reason: EndReason, detail?: string) => void
   /** The container could not be removed (logged; the reconcile removes it later). */
   onRemoveFailed: (err: Error) => void
 }
 
-export interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture }
+export interface TurnOutcome { reason: EndReason, exitCode: number | null, engineError?: string, capture: TurnCapture, /** Why it ended, in words (a budget's numbers). */ detail?: string }
 
 export interface CaptureOptions { outputLimit: number, logPath: string, logLimit: number, secrets: string[], previous?: RunResult | null, append: boolean }
 
@@ -32,6 +32,8 @@ export class Run {
   started: boolean
   /** Why the run is ending, once something ended it (a cancel, a watchdog, the drain). */
   ending?: EndReason
+  /** The ending in words, when its ender gave them (a budget's numbers). */
+  endingDetail?: string
   /** Run time left in this turn before the timeout; the clock stops while paused. */
   remainingMs: number
   resumedAt = 0
@@ -118,7 +120,7 @@ export class Run {
     }
     this.exited = false
     const reason: EndReason = this.ending ?? (oom ? 'oom' : engineError ? 'engine_error' : 'exit')
-    return { reason, exitCode, engineError, capture: turn }
+    return { reason, exitCode, engineError, capture: turn, ...(this.endingDetail ? { detail: this.endingDetail } : {}) }
   }
 
   async pause (): Promise<void> {
@@ -137,10 +139,11 @@ export class Run {
   }
 
   /** Ends the run for `reason` (the first reason wins): told to the hook, then the container is stopped. */
-  end (reason: EndReason): void {
+  end (reason: EndReason, detail?: string): void {
     if (this.ending) return
     this.ending = reason
-    this.deps.onEnding(reason)
+    this.endingDetail = detail
+    this.deps.onEnding(reason, detail)
     this.stop()
   }
 

@@ -106,14 +106,30 @@ const MIGRATIONS: string[] = [
   `CREATE INDEX tasks_page ON tasks (principal, created_at DESC, id);
    CREATE INDEX tasks_page_status ON tasks (principal, status, created_at DESC, id);
    CREATE INDEX tasks_page_agent ON tasks (principal, agent_id, created_at DESC, id);
-   DROP INDEX tasks_principal_created;`
+   DROP INDEX tasks_principal_created;`,
+  // budgets: a task's limits and what it spent so far; every step's spending with when it was spent
+  // (rolling daily budgets; no foreign key: it outlives a task deleted by retention, for 24 h)
+  `ALTER TABLE tasks ADD COLUMN limits TEXT;
+   ALTER TABLE tasks ADD COLUMN spent TEXT;
+   CREATE TABLE spend (
+     task_id TEXT NOT NULL,
+     step INTEGER NOT NULL,
+     principal TEXT NOT NULL,
+     agent_id TEXT,
+     at INTEGER NOT NULL,
+     cost REAL NOT NULL,
+     tokens INTEGER NOT NULL,
+     PRIMARY KEY (task_id, step)
+   );
+   CREATE INDEX spend_principal ON spend (principal, at);
+   CREATE INDEX spend_agent ON spend (principal, agent_id, at);`
 ]
 
 /** The large columns of a task, kept in task_content. */
 const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
-const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers'] as const
+const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */
@@ -159,6 +175,11 @@ function split (fields: Row): { row: Row, content: Row } {
 
 export interface ListFilter { principal: string, status?: TaskStatus, agent_id?: string, limit: number, offset: number }
 
+/** One step's spending, for the rolling daily budgets. */
+export interface SpendRow { task_id: string, step: number, principal: string, agent_id: string | null, at: number, cost: number, tokens: number }
+/** What a principal (or one of its agents) spent in a window: the total and each step's cost and time, oldest first. */
+export interface Spending { cost: number, tokens: number, steps: Array<{ at: number, cost: number }> }
+
 /** The fields of a task a write may set; its status only through `setStatus` (lifecycle.ts). */
 export type TaskFields = Partial<Omit<TaskRecord, 'id' | 'status'>>
 
@@ -190,6 +211,12 @@ export interface TaskStore {
   events: (taskId: string, afterSeq: number, limit: number, order?: 'asc' | 'desc', offset?: number) => TaskEvent[]
   eventCount: (taskId: string, afterSeq?: number) => number
   claimIdempotent: (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord) => { task: TaskRecord, existing: boolean, args_hash: string }
+  /** Budgets: each step's spending (a step recorded twice counts once), the spending since a time, and its pruning. */
+  addSpend: (row: SpendRow) => void
+  spending: (principal: string, since: number, agentId?: string) => Spending
+  deleteSpendBefore: (before: number) => number
+  /** What the tasks a list filter selects spent. */
+  costTotal: (f: Omit<ListFilter, 'limit' | 'offset'>) => number
 }
 
 /**
@@ -281,6 +308,36 @@ export class SqliteTaskStore implements TaskStore {
     }
     if (Object.keys(content).length) this.db.transaction(write)()
     else write()
+  }
+
+  /** A step's spending; a step already recorded (a re-attached container's log read again) is not counted twice. */
+  addSpend (row: SpendRow): void {
+    this.db.prepare('INSERT OR IGNORE INTO spend (task_id, step, principal, agent_id, at, cost, tokens) VALUES (@task_id, @step, @principal, @agent_id, @at, @cost, @tokens)').run(row)
+  }
+
+  /** The principal's (or, with `agentId`, that agent's) spending since `since`. */
+  spending (principal: string, since: number, agentId?: string): Spending {
+    const agent = agentId === undefined ? '' : ' AND agent_id = @agentId'
+    const steps = this.db.prepare(`SELECT at, cost FROM spend WHERE principal = @principal${agent} AND at > @since AND cost > 0 ORDER BY at`)
+      .all({ principal, since, agentId }) as Array<{ at: number, cost: number }>
+    const { tokens } = this.db.prepare(`SELECT COALESCE(SUM(tokens), 0) AS tokens FROM spend WHERE principal = @principal${agent} AND at > @since`)
+      .get({ principal, since, agentId }) as { tokens: number }
+    return { cost: steps.reduce((n, s) => n + s.cost, 0), tokens, steps }
+  }
+
+  /** Spending older than `before` (past every rolling window). */
+  deleteSpendBefore (before: number): number {
+    return this.db.prepare('DELETE FROM spend WHERE at <= ?').run(before).changes
+  }
+
+  /** The cost of the tasks a list filter selects (all pages): what they spent so far. */
+  costTotal (f: Omit<ListFilter, 'limit' | 'offset'>): number {
+    const where = ['principal = @principal']
+    if (f.status) where.push('status = @status')
+    if (f.agent_id) where.push('agent_id = @agent_id')
+    const { n } = this.db.prepare(`SELECT COALESCE(SUM(COALESCE(json_extract(spent, '$.cost'), json_extract(result, '$.cost'), 0)), 0) AS n
+      FROM tasks WHERE ${where.join(' AND ')}`).get({ principal: f.principal, status: f.status, agent_id: f.agent_id }) as { n: number }
+    return n
   }
 
   list (f: ListFilter): { tasks: TaskRecord[], total: number } {

@@ -11,7 +11,12 @@ export const MAX_LOG_OFFSET = 2 ** 40
 export const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'timeout', 'cancelled'])
 
 /** Why a task ended the way it did. */
-export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled'
+export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled' | 'budget'
+
+/** A task's own limits (null: none), the caller's or the server's ceiling (RUNNER_MAX_*). */
+export interface Limits { max_cost: number | null, max_tokens: number | null, max_steps: number | null }
+/** What a task spent so far, over all its turns: tokens are input + output. */
+export interface Spent { cost: number, tokens: number, steps: number }
 
 export interface TaskRecord {
   id: string
@@ -46,6 +51,10 @@ export interface TaskRecord {
   diff: string | null
   diff_truncated: boolean
   workspace_removed_at: number | null
+  /** The task's budget (null: none); checked at every step end. */
+  limits?: Limits | null
+  /** Spent so far, written at every step end (the result is written at a turn's end). */
+  spent?: Spent | null
   /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */

@@ -3,6 +3,7 @@
  * the HTTP routes use it as their response schema, the MCP tools as their output schema.
  */
 import { Type, type Static, type TSchema } from 'typebox'
+import { spentOf } from './budget.js'
 import { TASK_STATUSES, type TaskEvent, type TaskRecord } from './types.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
@@ -20,7 +21,7 @@ export const TaskViewSchema = Type.Object({
   finished_at: Nullable(Type.String({ format: 'date-time' })),
   duration_ms: Nullable(Type.Integer({ description: 'Run time, once ended' })),
   exit_code: Nullable(Type.Integer()),
-  reason: Nullable(Type.String({ description: 'Why it ended: exit, timeout, cancelled, oom, engine_error, interrupted, stalled' })),
+  reason: Nullable(Type.String({ description: 'Why it ended: exit, timeout, cancelled, oom, engine_error, interrupted, stalled, budget' })),
   error: Nullable(Type.String()),
   output: Nullable(Type.String({ description: 'Head and tail of the output when it is longer than TASK_OUTPUT_LIMIT' })),
   output_truncated: Type.Boolean(),
@@ -36,6 +37,12 @@ export const TaskViewSchema = Type.Object({
   has_diff: Type.Boolean({ description: 'True when the workspace is a git repository and get_task_diff has its changes' }),
   workspace_available: Type.Boolean({ description: 'False once the workspace was removed after WORKSPACE_RETENTION_MS' }),
   observers: Type.Array(Type.String(), { description: 'The observers given at submit (recorded; nothing is sent to them)' }),
+  budget: Nullable(Type.Object({
+    max_cost: Nullable(Type.Number()),
+    max_tokens: Nullable(Type.Integer()),
+    max_steps: Nullable(Type.Integer()),
+    spent: Type.Object({ cost: Type.Number(), tokens: Type.Integer({ description: 'input + output' }), steps: Type.Integer() })
+  }, { description: 'The task\'s limits (null: none) and what it spent so far over all its turns; null when the task has no budget' })),
   workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
@@ -47,7 +54,11 @@ export const TaskViewSchema = Type.Object({
 })
 export type TaskView = Static<typeof TaskViewSchema>
 
-export const TaskListSchema = Type.Object({ tasks: Type.Array(TaskViewSchema), total: Type.Integer() })
+export const TaskListSchema = Type.Object({
+  tasks: Type.Array(TaskViewSchema),
+  total: Type.Integer(),
+  cost_total: Type.Optional(Type.Number({ description: 'With cost_total=true: what all the tasks the filter selects spent (every page)' }))
+})
 
 export const TaskEventSchema = Type.Object({
   seq: Type.Integer(),
@@ -91,6 +102,7 @@ export function taskView (t: TaskRecord): TaskView {
     has_diff: t.diff !== null,
     workspace_available: t.turns > 0 && t.workspace_removed_at === null,
     observers: t.observers ?? [],
+    budget: t.limits ? { ...t.limits, spent: t.spent ?? spentOf(t) } : null,
     workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }

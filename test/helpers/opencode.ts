@@ -8,7 +8,7 @@ import { tempDir } from './app.js'
  * A directory with OpenCode's global config (for RUNNER_OPENCODE_CONFIG_DIR, mounted read-only): the
  * scripted model server as the OpenAI-compatible provider `mock` with the given models.
  */
-export function opencodeConfigDir (t: Test, modelUrl: string, models: Record<string, string> = { scripted: 'Scripted' }): string {
+export function opencodeConfigDir (t: Test, modelUrl: string, models: Record<string, string | { name: string, cost: { input: number, output: number } }> = { scripted: 'Scripted' }): string {
   const dir = tempDir(t, 'lop-opencode-config-')
   chmodSync(dir, 0o755)
   writeFileSync(join(dir, 'opencode.json'), JSON.stringify({
@@ -18,7 +18,8 @@ export function opencodeConfigDir (t: Test, modelUrl: string, models: Record<str
         npm: '@ai-sdk/openai-compatible',
         name: 'Scripted',
         options: { baseURL: modelUrl, apiKey: 'not-a-secret' },
-        models: Object.fromEntries(Object.entries(models).map(([id, name]) => [id, { name }]))
+        // a model's cost (per million tokens) makes OpenCode report a cost at each step end
+        models: Object.fromEntries(Object.entries(models).map(([id, model]) => [id, typeof model === 'string' ? { name: model } : model]))
       }
     },
     small_model: 'mock/scripted',
