@@ -37,6 +37,8 @@ export const ConfigSchema = Type.Object({
   RUNNER_MAX_TIMEOUT_MS: Int(3_600_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000 (the most a task may ask for)'),
   RUNNER_NETWORK: Str('bridge', 'bridge, none, host or the name of an existing Docker network', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }),
   RUNNER_PIDS_LIMIT: Int(512, 16, 65_536, 'an integer from 16 to 65536'),
+  RUNNER_READ_ONLY_ROOTFS: Bool(true, 'true or false (false: the runner\'s root filesystem is writable, for images that need it)'),
+  RUNNER_TMPFS_SIZE: Str('512m', 'a size from 1m to 16g such as 256m or 1g (the tmpfs at /tmp of a read-only runner, which holds OpenCode\'s caches too; counts against RUNNER_MEMORY_LIMIT)', { pattern: BYTE_SIZE }),
   RUNNER_USER: Str('1000:1000', 'a non-root uid:gid such as 1000:1000', { pattern: '^[1-9][0-9]*:[1-9][0-9]*$' }),
   RUNNER_STOP_GRACE_S: Int(10, 0, 300, 'seconds from 0 to 300 between SIGTERM and SIGKILL'),
   RUNNER_MODEL: Str('', 'a provider/model such as anthropic/claude-sonnet-4-5, or empty for the model OpenCode is configured with', { pattern: '^([A-Za-z0-9._-]+/[A-Za-z0-9._:/@-]+)?$' }),
@@ -194,6 +196,10 @@ export function checkConfig (config: Config): void {
   }
   if (memory < 6 * 1024 ** 2) {
     throw new ConfigError(`Invalid configuration: RUNNER_MEMORY_LIMIT="${config.RUNNER_MEMORY_LIMIT}": expected a size of at least 6m (Docker's minimum), such as 512m or 2g`)
+  }
+  const tmpfs = (() => { try { return parseByteSize(config.RUNNER_TMPFS_SIZE) } catch { return 0 } })()
+  if (tmpfs < 1024 ** 2 || tmpfs > 16 * 1024 ** 3) {
+    throw new ConfigError(`Invalid configuration: RUNNER_TMPFS_SIZE="${config.RUNNER_TMPFS_SIZE}": expected a size from 1m to 16g, such as 256m or 1g`)
   }
   if (Boolean(config.LETTA_API_URL) !== Boolean(config.LETTA_API_TOKEN)) {
     const missing = config.LETTA_API_URL ? 'LETTA_API_TOKEN (or LETTA_API_TOKEN_FILE)' : 'LETTA_API_URL'

@@ -68,7 +68,7 @@ export interface ContainerInspect {
   Created: string
   State: ContainerState
   Config: { Image: string, Labels: Labels | null, Cmd: string[] | null, User: string, Env: string[] | null }
-  HostConfig: Required<Pick<NonNullable<ContainerCreateSpec['HostConfig']>, 'NanoCpus' | 'Memory' | 'MemorySwap' | 'CapDrop' | 'SecurityOpt' | 'Privileged' | 'NetworkMode'>> & { PidsLimit: number | null, Init: boolean | null, ReadonlyRootfs: boolean }
+  HostConfig: Required<Pick<NonNullable<ContainerCreateSpec['HostConfig']>, 'NanoCpus' | 'Memory' | 'MemorySwap' | 'CapDrop' | 'SecurityOpt' | 'Privileged' | 'NetworkMode'>> & { PidsLimit: number | null, Init: boolean | null, ReadonlyRootfs: boolean, Tmpfs?: Record<string, string> | null, Mounts?: NonNullable<ContainerCreateSpec['HostConfig']>['Mounts'] | null }
 }
 
 export interface ImageInspect { Id: string, Config: { Entrypoint: string[] | null, Cmd: string[] | null, User: string, Env: string[] | null, WorkingDir: string } | null }
