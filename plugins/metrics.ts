@@ -25,5 +25,7 @@ export default fp(async (fastify) => {
   tasks.on('started', (task) => metrics.taskStarted(task))
   tasks.on('ended', (task) => metrics.taskEnded(task))
   tasks.on('orphan_removed', () => metrics.orphanRemoved())
+  fastify.egress?.proxy.on('denied', (d) => metrics.egressDenied(d.reason))
+  fastify.egress?.proxy.on('allowed', (a) => metrics.egressAllowed(a.rule))
   fastify.decorate('metrics', metrics)
 }, { name: 'metrics', dependencies: ['docker', 'tasks'], fastify: '5.x' })

@@ -5,26 +5,13 @@
  * has no /workspace; RUNNER_READ_ONLY_ROOTFS=false gives back a writable root and no tmpfs.
  * The agent is a shell (built here from the stand-in agent image): the task text is run by `sh -c`.
  */
-import { execFileSync } from 'node:child_process'
 import t, { type Test } from 'tap'
 import { LABEL } from '../services/runner/container-spec.js'
 import { listen } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { callTool, connect, toolOk } from './helpers/mcp.js'
+import { buildShellImage, SHELL_IMAGE } from './helpers/shell-image.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
-
-export const SHELL_IMAGE = 'letta-opencode-shell-agent:test'
-
-/** The stand-in agent image whose `opencode` runs its task (the last argument) with `sh -c`. */
-export function buildShellImage (): void {
-  const script = ['#!/bin/sh', 'if [ "$*" = --version ]; then echo 0.0.0-shell; exit 0; fi', 'for task; do :; done', 'exec sh -c "$task"']
-  const dockerfile = [
-    'FROM letta-opencode-test-agent:latest',
-    `RUN printf '%s\\n' ${script.map((l) => `'${l.replace(/'/g, '\'"\'"\'')}'`).join(' ')} > /usr/local/bin/opencode && chmod 0755 /usr/local/bin/opencode`,
-    ''
-  ].join('\n')
-  execFileSync('docker', ['build', '-q', '-t', SHELL_IMAGE, '-'], { input: dockerfile, stdio: ['pipe', 'ignore', 'pipe'] })
-}
 
 const ENV = { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '128m', RUNNER_STOP_GRACE_S: '1', RUNNER_CPU_LIMIT: '0.5', RUNNER_TMPFS_SIZE: '16m' }
 
