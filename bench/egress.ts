@@ -28,8 +28,12 @@ const TIMED = 'a=$(date +%s%N); perl -e "$0" -- "$@" || exit 1; b=$(date +%s%N);
 
 async function inContainer (network: string, env: string[], args: string[]): Promise<number> {
   const { Id } = await docker.createContainer({
-    Image: IMAGE, Entrypoint: ['sh', '-c', TIMED, CLIENT, ...args], Env: env, User: '1000:1000',
-    Labels: { 'letta-opencode-plugin.bench': 'egress' }, HostConfig: { NetworkMode: network }
+    Image: IMAGE,
+    Entrypoint: ['sh', '-c', TIMED, CLIENT, ...args],
+    Env: env,
+    User: '1000:1000',
+    Labels: { 'letta-opencode-plugin.bench': 'egress' },
+    HostConfig: { NetworkMode: network }
   })
   try {
     await docker.startContainer(Id)
