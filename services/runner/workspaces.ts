@@ -38,6 +38,9 @@ function asTaskError (err: unknown): never {
 }
 
 export class Workspaces {
+  /** The volume sets whose mount points were given to RUNNER_USER (read-only roots only). */
+  private readonly owned = new Set<string>()
+
   constructor (private readonly docker: DockerEngine, private readonly config: WorkspaceConfig, private readonly owner: string) {}
 
   checkRepository (url: string): string {
@@ -84,6 +87,9 @@ export class Workspaces {
     }
     const info = await this.docker.inspectContainer(containerId)
     const volumes = (info.HostConfig.Mounts ?? []).filter((m) => m.Type === 'volume' && !m.ReadOnly)
+    // a volume keeps its owner: later turns (in this process) skip the extra container
+    const key = volumes.map((v) => v.Source).sort().join(' ')
+    if (this.owned.has(key)) return
     const { Id } = await this.docker.createContainer({
       Image: info.Config.Image,
       Entrypoint: ['true'],
@@ -94,6 +100,8 @@ export class Workspaces {
     })
     try {
       await this.docker.putArchive(Id, '/', mountPointsArchive(uid, gid))
+      if (this.owned.size > 10_000) this.owned.clear()
+      this.owned.add(key)
     } finally {
       await this.docker.removeContainer(Id, { force: true }).catch(() => {})
     }
