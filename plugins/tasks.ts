@@ -10,6 +10,8 @@ import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
 
+const EGRESS_EVENTS_PER_TASK = 100
+
 declare module 'fastify' {
   interface FastifyInstance {
     tasks: TaskEngine
@@ -33,11 +35,18 @@ export default fp(async (fastify) => {
     egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP))
     const runtime = await egress.start()
     const proxy = egress
+    // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
+    // in a loop does not flood its history; /metrics counts every refusal
+    const deniedPerTask = new Map<string, number>()
     proxy.proxy.on('denied', (d) => {
       const at = new Date().toISOString()
       proxy.taskOf(d.address).then((taskId) => {
+        const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
+        if (deniedPerTask.size > 10_000) deniedPerTask.clear()
+        deniedPerTask.set(taskId ?? '', n)
+        if (n > EGRESS_EVENTS_PER_TASK) return
         fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
-        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at })
+        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
       }, (err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task'))
     })
     fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
