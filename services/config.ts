@@ -36,7 +36,7 @@ export const ConfigSchema = Type.Object({
 
   RUNNER_MAX_TIMEOUT_MS: Int(3_600_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000 (the most a task may ask for)'),
   RUNNER_NETWORK: Str('bridge', 'bridge, none, host or the name of an existing Docker network', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }),
-  RUNNER_EGRESS: Type.Union(['open', 'none', 'allowlist'].map((l) => Type.Literal(l)), {
+  RUNNER_EGRESS: Type.Union([Type.Literal('open'), Type.Literal('none'), Type.Literal('allowlist')], {
     default: 'open', description: 'open (RUNNER_NETWORK as it is), none (no network) or allowlist (only RUNNER_EGRESS_ALLOW, through the service\'s proxy)'
   }),
   RUNNER_EGRESS_ALLOW: Str('', 'a comma list of host names such as api.anthropic.com,*.githubusercontent.com, each optionally with :port (else 443 and 80)'),

@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
-import { LABEL } from '../services/runner/container-spec.js'
+import { containerSpec, LABEL } from '../services/runner/container-spec.js'
 import { matchRule, parseAllowList, widening } from '../services/runner/egress.js'
 import { startModelServer } from './fixtures/model-server.js'
 import { listen, tempDir } from './helpers/app.js'
@@ -38,6 +38,20 @@ t.test('allow-list entries: names, wildcards, ports; narrowing and widening', as
   t.throws(() => parseAllowList('a.test:99999'), /not a host name/)
   t.same(widening(parseAllowList('x.cdn.test:8443,api.example.com:443'), rules), [])
   t.same(widening(parseAllowList('other.test,api.example.com:8080'), rules).map((r) => r.pattern), ['other.test', 'api.example.com'])
+})
+
+t.test('the spec: open keeps RUNNER_NETWORK and no proxy; none has no network; allowlist joins the proxy network', async (t) => {
+  const base = { RUNNER_IMAGE: 'x', RUNNER_CPU_LIMIT: 1, RUNNER_MEMORY_LIMIT: '64m', RUNNER_NETWORK: 'bridge', RUNNER_PIDS_LIMIT: 64, RUNNER_USER: '1000:1000', RUNNER_STOP_GRACE_S: 1, TASK_LOG_LIMIT: 0, RUNNER_OPENCODE_CONFIG_DIR: '', RUNNER_READ_ONLY_ROOTFS: true, RUNNER_TMPFS_SIZE: '16m' }
+  const task = { id: 'task_x', agent_id: null, argv: ['run'] }
+  const open = containerSpec({ ...base, RUNNER_EGRESS: 'open' }, task, 'o')
+  t.equal(open.HostConfig?.NetworkMode, 'bridge')
+  t.notOk(open.Env?.some((e) => /proxy=/i.test(e)))
+  t.equal(containerSpec({ ...base, RUNNER_EGRESS: 'none' }, task, 'o').HostConfig?.NetworkMode, 'none')
+  const env = ['HTTPS_PROXY=http://172.30.0.1:1234']
+  const allow = containerSpec({ ...base, RUNNER_EGRESS: 'allowlist', egress: { network: 'lop-egress-x', env } }, task, 'o')
+  t.equal(allow.HostConfig?.NetworkMode, 'lop-egress-x')
+  t.ok(allow.Env?.includes(env[0]))
+  t.throws(() => containerSpec({ ...base, RUNNER_EGRESS: 'allowlist' }, task, 'o'), /egress proxy is not running/)
 })
 
 t.test('allowlist: an allowed host through the proxy, 403 and egress_denied for the rest, no way around it', async (t) => {
