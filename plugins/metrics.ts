@@ -26,5 +26,7 @@ export default fp(async (fastify) => {
   tasks.on('ended', (task) => metrics.taskEnded(task))
   tasks.on('orphan_removed', () => metrics.orphanRemoved())
   tasks.on('spent', (task, cost, tokens) => metrics.spent(task, cost, tokens))
+  fastify.egress?.proxy.on('denied', (d) => metrics.egressDenied(d.reason))
+  fastify.egress?.proxy.on('allowed', (a) => metrics.egressAllowed(a.rule))
   fastify.decorate('metrics', metrics)
 }, { name: 'metrics', dependencies: ['docker', 'tasks'], fastify: '5.x' })

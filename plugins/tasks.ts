@@ -5,9 +5,12 @@
  * probe's cadence; the engine refuses tasks while it finds the image unusable.
  */
 import fp from 'fastify-plugin'
+import { Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
+
+const EGRESS_EVENTS_PER_TASK = 100
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -15,6 +18,8 @@ declare module 'fastify' {
     /** The SQLite task store behind `tasks` (its handle also holds the Letta outbox). */
     taskStore: SqliteTaskStore
     runnerImage: RunnerImageProbe
+    /** RUNNER_EGRESS=allowlist: the internal network and the egress proxy; undefined otherwise. */
+    egress: Egress | undefined
   }
 }
 
@@ -24,10 +29,35 @@ export default fp(async (fastify) => {
     if (state.error) fastify.log.error({ image: state.image, present: state.present }, state.error)
     else fastify.log.info({ image: state.image, opencode: state.opencode_version }, 'runner image ready')
   })
-  const engine = new TaskEngine(store, fastify.docker, fastify.config, fastify.log, fastify.runnerEnv, runnerImage)
+  // RUNNER_EGRESS=allowlist: the network and the proxy before any task starts; each refusal in its task's history
+  let egress: Egress | undefined
+  if (fastify.config.RUNNER_EGRESS === 'allowlist') {
+    egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP))
+    const runtime = await egress.start()
+    const proxy = egress
+    // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
+    // in a loop does not flood its history; /metrics counts every refusal
+    const deniedPerTask = new Map<string, number>()
+    proxy.proxy.on('denied', (d) => {
+      const at = new Date().toISOString()
+      proxy.taskOf(d.address).then((taskId) => {
+        const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
+        if (deniedPerTask.size > 10_000) deniedPerTask.clear()
+        deniedPerTask.set(taskId ?? '', n)
+        if (n > EGRESS_EVENTS_PER_TASK) return
+        fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
+        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
+      }, (err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task'))
+    })
+    fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
+  }
+  // the runners' spec reads `egress` (network, proxy variables) from the config it is given
+  const engineConfig = egress?.runtime ? Object.assign({}, fastify.config, { egress: egress.runtime }) : fastify.config
+  const engine = new TaskEngine(store, fastify.docker, engineConfig, fastify.log, fastify.runnerEnv, runnerImage)
   fastify.decorate('tasks', engine)
   fastify.decorate('taskStore', store)
   fastify.decorate('runnerImage', runnerImage)
+  fastify.decorate('egress', egress)
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {
     runnerImage.start()
@@ -42,6 +72,7 @@ export default fp(async (fastify) => {
     clearInterval(timer)
     runnerImage.stop()
     engine.close()
+    await egress?.close()
     store.close()
   })
 }, { name: 'tasks', dependencies: ['config', 'docker'], fastify: '5.x' })

@@ -36,7 +36,14 @@ export const ConfigSchema = Type.Object({
 
   RUNNER_MAX_TIMEOUT_MS: Int(3_600_000, 1_000, 86_400_000, 'milliseconds from 1000 to 86400000 (the most a task may ask for)'),
   RUNNER_NETWORK: Str('bridge', 'bridge, none, host or the name of an existing Docker network', { pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }),
+  RUNNER_EGRESS: Type.Union([Type.Literal('open'), Type.Literal('none'), Type.Literal('allowlist')], {
+    default: 'open', description: 'open (RUNNER_NETWORK as it is), none (no network) or allowlist (only RUNNER_EGRESS_ALLOW, through the service\'s proxy)'
+  }),
+  RUNNER_EGRESS_ALLOW: Str('', 'a comma list of host names such as api.anthropic.com,*.githubusercontent.com, each optionally with :port (else 443 and 80)'),
+  RUNNER_EGRESS_HOST_MAP: Str('', 'for tests only: a JSON file of host name → address the egress proxy uses instead of DNS, or empty'),
   RUNNER_PIDS_LIMIT: Int(512, 16, 65_536, 'an integer from 16 to 65536'),
+  RUNNER_READ_ONLY_ROOTFS: Bool(true, 'true or false (false: the runner\'s root filesystem is writable, for images that need it)'),
+  RUNNER_TMPFS_SIZE: Str('512m', 'a size from 1m to 16g such as 256m or 1g (the tmpfs at /tmp of a read-only runner, which holds OpenCode\'s caches too; counts against RUNNER_MEMORY_LIMIT)', { pattern: BYTE_SIZE }),
   RUNNER_USER: Str('1000:1000', 'a non-root uid:gid such as 1000:1000', { pattern: '^[1-9][0-9]*:[1-9][0-9]*$' }),
   RUNNER_STOP_GRACE_S: Int(10, 0, 300, 'seconds from 0 to 300 between SIGTERM and SIGKILL'),
   RUNNER_MODEL: Str('', 'a provider/model such as anthropic/claude-sonnet-4-5, or empty for the model OpenCode is configured with', { pattern: '^([A-Za-z0-9._-]+/[A-Za-z0-9._:/@-]+)?$' }),
@@ -178,6 +185,16 @@ export function parseAuthTokens (value: string): AuthToken[] {
   })
 }
 
+/** Checks RUNNER_EGRESS_ALLOW's entries: host names (`*.` wildcards) with an optional :port, no IP addresses. */
+function parseEgressAllow (value: string): void {
+  for (const entry of splitList(value)) {
+    const m = /^(\*\.)?([a-z0-9-]+(\.[a-z0-9-]+)*)(?::(\d{1,5}))?$/i.exec(entry)
+    if (!m || /^[0-9.]+$/.test(m[2]) || (m[4] !== undefined && (Number(m[4]) < 1 || Number(m[4]) > 65535))) {
+      throw new ConfigError(`RUNNER_EGRESS_ALLOW entry "${entry}" is not a host name: expected a name such as api.anthropic.com or *.example.com, optionally with :port (1 to 65535); IP addresses are not accepted`)
+    }
+  }
+}
+
 /** Comma list → trimmed, non-empty items. */
 export function splitList (value: string): string[] {
   return value.split(',').map((s) => s.trim()).filter(Boolean)
@@ -206,6 +223,15 @@ export function checkConfig (config: Config): void {
   }
   if (memory < 6 * 1024 ** 2) {
     throw new ConfigError(`Invalid configuration: RUNNER_MEMORY_LIMIT="${config.RUNNER_MEMORY_LIMIT}": expected a size of at least 6m (Docker's minimum), such as 512m or 2g`)
+  }
+  const tmpfs = (() => { try { return parseByteSize(config.RUNNER_TMPFS_SIZE) } catch { return 0 } })()
+  if (tmpfs < 1024 ** 2 || tmpfs > 16 * 1024 ** 3) {
+    throw new ConfigError(`Invalid configuration: RUNNER_TMPFS_SIZE="${config.RUNNER_TMPFS_SIZE}": expected a size from 1m to 16g, such as 256m or 1g`)
+  }
+  try {
+    parseEgressAllow(config.RUNNER_EGRESS_ALLOW)
+  } catch (err) {
+    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
   }
   if (Boolean(config.LETTA_API_URL) !== Boolean(config.LETTA_API_TOKEN)) {
     const missing = config.LETTA_API_URL ? 'LETTA_API_TOKEN (or LETTA_API_TOKEN_FILE)' : 'LETTA_API_URL'

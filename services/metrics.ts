@@ -32,6 +32,8 @@ export class Metrics {
   private readonly orphans: Counter
   private readonly cost: Counter<'principal' | 'agent_id'>
   private readonly tokens: Counter<'principal' | 'agent_id'>
+  private readonly egressDenials: Counter<'reason'>
+  private readonly egressAllows: Counter<'rule'>
   /** Read when scraped. */
   readonly gauges: Gauge[]
 
@@ -78,6 +80,8 @@ export class Metrics {
     })
     this.toolCalls = new Counter({ name: 'lop_mcp_tool_calls_total', help: 'MCP tool calls by tool and outcome (ok, error, exception)', labelNames: ['tool', 'outcome'], registers })
     this.lettaFailures = new Counter({ name: 'lop_letta_failures_total', help: 'Failed Letta calls by kind (block, notification), after retries', labelNames: ['kind'], registers })
+    this.egressDenials = new Counter({ name: 'lop_egress_denied_total', help: 'Runner connections refused by the egress proxy, by reason (not_allowed, ip_address, bad_request)', labelNames: ['reason'], registers })
+    this.egressAllows = new Counter({ name: 'lop_egress_allowed_total', help: 'Runner connections let through by the egress proxy, by the RUNNER_EGRESS_ALLOW entry that allowed them', labelNames: ['rule'], registers })
     this.orphans = new Counter({ name: 'lop_orphans_removed_total', help: 'Labelled task containers removed by reconciliation', registers })
     this.cost = new Counter({ name: 'lop_cost_total', help: 'Model cost spent by tasks (as OpenCode reports it), by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
     this.tokens = new Counter({ name: 'lop_tokens_total', help: 'Model tokens (input + output) used by tasks, by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
@@ -106,6 +110,14 @@ export class Metrics {
 
   lettaFailure (kind: 'block' | 'notification'): void {
     this.lettaFailures.inc({ kind })
+  }
+
+  egressDenied (reason: string): void {
+    this.egressDenials.inc({ reason })
+  }
+
+  egressAllowed (rule: string): void {
+    this.egressAllows.inc({ rule })
   }
 
   orphanRemoved (): void {

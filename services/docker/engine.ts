@@ -68,7 +68,17 @@ export interface ContainerInspect {
   Created: string
   State: ContainerState
   Config: { Image: string, Labels: Labels | null, Cmd: string[] | null, User: string, Env: string[] | null }
-  HostConfig: Required<Pick<NonNullable<ContainerCreateSpec['HostConfig']>, 'NanoCpus' | 'Memory' | 'MemorySwap' | 'CapDrop' | 'SecurityOpt' | 'Privileged' | 'NetworkMode'>> & { PidsLimit: number | null, Init: boolean | null, ReadonlyRootfs: boolean }
+  HostConfig: Required<Pick<NonNullable<ContainerCreateSpec['HostConfig']>, 'NanoCpus' | 'Memory' | 'MemorySwap' | 'CapDrop' | 'SecurityOpt' | 'Privileged' | 'NetworkMode'>> & { PidsLimit: number | null, Init: boolean | null, ReadonlyRootfs: boolean, Tmpfs?: Record<string, string> | null, Mounts?: NonNullable<ContainerCreateSpec['HostConfig']>['Mounts'] | null }
+}
+
+export interface NetworkInspect {
+  Id: string
+  Name: string
+  Internal: boolean
+  Labels: Labels | null
+  IPAM: { Config: Array<{ Subnet?: string, Gateway?: string }> | null }
+  /** Containers attached, by id: their names and addresses (`172.18.0.2/16`). */
+  Containers: Record<string, { Name: string, IPv4Address: string }> | null
 }
 
 export interface ImageInspect { Id: string, Config: { Entrypoint: string[] | null, Cmd: string[] | null, User: string, Env: string[] | null, WorkingDir: string } | null }
@@ -293,6 +303,26 @@ export class DockerEngine {
 
   createVolume (name: string, labels: Labels): Promise<{ Name: string, Mountpoint: string }> {
     return this.request('POST', '/volumes/create', { body: { Name: name, Labels: labels }, ok: [201] })
+  }
+
+  // --- networks -----------------------------------------------------------------------------
+
+  async createNetwork (spec: { Name: string, Internal?: boolean, Labels?: Labels }): Promise<{ Id: string }> {
+    return this.request('POST', '/networks/create', { body: { Driver: 'bridge', ...spec }, ok: [201] })
+  }
+
+  /** null when there is no such network. */
+  async inspectNetwork (name: string): Promise<NetworkInspect | null> {
+    try {
+      return await this.request<NetworkInspect>('GET', `/networks/${encodeURIComponent(name)}`, { ok: [200] })
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) return null
+      throw err
+    }
+  }
+
+  async removeNetwork (name: string): Promise<void> {
+    await this.request('DELETE', `/networks/${encodeURIComponent(name)}`, { ok: [204, 404] })
   }
 
   async removeVolume (name: string, force = false): Promise<void> {

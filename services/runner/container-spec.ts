@@ -24,7 +24,21 @@ export const SERVICE_LABEL = 'letta-opencode-plugin'
 const OPENCODE_CONFIG_DIR = '/etc/opencode'
 
 export type RunnerConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
-'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR'>
+'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_READ_ONLY_ROOTFS' | 'RUNNER_TMPFS_SIZE'> &
+Partial<Pick<Config, 'RUNNER_EGRESS'>> & {
+  /** RUNNER_EGRESS=allowlist: the internal network and the proxy variables, set once the proxy listens. */
+  egress?: { network: string, env: string[] }
+}
+
+/** The network a runner joins and the variables that go with it (RUNNER_EGRESS). */
+export function networkOf (config: RunnerConfig): { mode: string, env: string[] } {
+  if (config.RUNNER_EGRESS === 'none') return { mode: 'none', env: [] }
+  if (config.RUNNER_EGRESS === 'allowlist') {
+    if (!config.egress) throw new Error('RUNNER_EGRESS=allowlist but the egress proxy is not running')
+    return { mode: config.egress.network, env: config.egress.env }
+  }
+  return { mode: config.RUNNER_NETWORK, env: [] }
+}
 
 export interface RunnerTask {
   id: string
@@ -42,13 +56,34 @@ export function labelsOf (task: Pick<RunnerTask, 'id' | 'agent_id' | 'role'>, ow
   return { [LABEL.service]: SERVICE_LABEL, [LABEL.task]: task.id, [LABEL.agent]: task.agent_id ?? '', [LABEL.owner]: owner, [LABEL.role]: task.role ?? 'run' }
 }
 
+/**
+ * A read-only root (CIS Docker Benchmark 5.12): only the volumes and a size-limited tmpfs at /tmp are
+ * writable. OpenCode writes under $HOME (~/.cache, ~/.local/state, and ~/.config/opencode, where it
+ * puts a .gitignore and its plugin dependencies): the XDG variables send all three to the tmpfs,
+ * whatever the image's HOME and user (the runner image's is /home/runner). Its data home is the state
+ * volume already. An image's own ~/.config/opencode is not read then: RUNNER_OPENCODE_CONFIG_DIR is
+ * how configuration reaches a run.
+ */
+export const READ_ONLY_ENV = ['XDG_CONFIG_HOME=/tmp/.config', 'XDG_CACHE_HOME=/tmp/.cache', 'XDG_STATE_HOME=/tmp/.local/state']
+
+export function readOnlyRoot (sizeBytes: number): { ReadonlyRootfs: true, Tmpfs: Record<string, string> } {
+  return { ReadonlyRootfs: true, Tmpfs: { '/tmp': `rw,nosuid,nodev,size=${sizeBytes},mode=1777` } }
+}
+
 export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: string): ContainerCreateSpec {
   const memory = parseByteSize(config.RUNNER_MEMORY_LIMIT)
+  const network = networkOf(config)
   return {
     Image: config.RUNNER_IMAGE,
     Cmd: task.argv,
     Entrypoint: task.entrypoint ?? ['opencode'],
-    Env: [...(task.env ?? []), `XDG_DATA_HOME=${OPENCODE_DATA_HOME}`, ...(config.RUNNER_OPENCODE_CONFIG_DIR ? [`OPENCODE_CONFIG=${OPENCODE_CONFIG_DIR}/opencode.json`] : [])],
+    Env: [
+      ...(task.env ?? []),
+      ...network.env,
+      `XDG_DATA_HOME=${OPENCODE_DATA_HOME}`,
+      ...(config.RUNNER_READ_ONLY_ROOTFS ? READ_ONLY_ENV : []),
+      ...(config.RUNNER_OPENCODE_CONFIG_DIR ? [`OPENCODE_CONFIG=${OPENCODE_CONFIG_DIR}/opencode.json`] : [])
+    ],
     User: config.RUNNER_USER,
     WorkingDir: WORKSPACE_DIR,
     Tty: false,
@@ -66,8 +101,9 @@ export function containerSpec (config: RunnerConfig, task: RunnerTask, owner: st
       SecurityOpt: ['no-new-privileges:true'],
       Privileged: false,
       Init: true,
-      NetworkMode: config.RUNNER_NETWORK,
+      NetworkMode: network.mode,
       AutoRemove: false,
+      ...(config.RUNNER_READ_ONLY_ROOTFS ? readOnlyRoot(parseByteSize(config.RUNNER_TMPFS_SIZE)) : {}),
       // the task's volumes are made by the first container that mounts them, labelled for reconciliation
       Mounts: [
         { Type: 'volume', Source: workspaceVolume(task.id), Target: WORKSPACE_DIR, VolumeOptions: { Labels: labelsOf({ id: task.id, agent_id: task.agent_id }, owner) } },

@@ -7,7 +7,7 @@
  */
 import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
-import { LABEL, SERVICE_LABEL } from './container-spec.js'
+import { LABEL, READ_ONLY_ENV, readOnlyRoot, SERVICE_LABEL } from './container-spec.js'
 
 export interface RunnerImageState {
   image: string
@@ -20,7 +20,7 @@ export interface RunnerImageState {
   checked_at: string | null
 }
 
-type ImageConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_USER' | 'RUNNER_PIDS_LIMIT'>
+type ImageConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_USER' | 'RUNNER_PIDS_LIMIT'> & Partial<Pick<Config, 'RUNNER_READ_ONLY_ROOTFS'>>
 
 /** The longest the version check's container may live (reconcile leaves it alone that long). */
 export const VERSION_TIMEOUT_MS = 60_000
@@ -88,7 +88,7 @@ export class RunnerImageProbe {
       if (!info) {
         next = { image, present: false, opencode_version: null, usable: false, error: missingImage(image), checked_at: new Date().toISOString() }
       } else {
-        const key = `${info.Id} ${this.config.RUNNER_USER}`
+        const key = `${info.Id} ${this.config.RUNNER_USER} ${this.config.RUNNER_READ_ONLY_ROOTFS !== false}`
         let v = versions.get(key)
         if (!v) {
           v = await this.version()
@@ -105,15 +105,17 @@ export class RunnerImageProbe {
     return next
   }
 
-  /** `opencode --version` in the image: no network, every capability dropped, removed afterwards. */
-  /** OpenCode makes its data directory at start: a fresh one under /tmp (an image may already hold a root-owned /tmp/opencode). */
+  /**
+   * `opencode --version` in the image: no network, every capability dropped, removed afterwards, and
+   * a read-only root like the runs' (RUNNER_READ_ONLY_ROOTFS) with a small tmpfs at /tmp.
+   * OpenCode makes its data directory at start: a fresh one under /tmp (an image may already hold a root-owned /tmp/opencode). */
   private async version (): Promise<Version> {
     const image = this.config.RUNNER_IMAGE
     const { Id } = await this.docker.createContainer({
       Image: image,
       Entrypoint: ['opencode'],
       Cmd: ['--version'],
-      Env: ['XDG_DATA_HOME=/tmp/opencode-version-check', 'OPENCODE_DISABLE_AUTOUPDATE=1'],
+      Env: ['XDG_DATA_HOME=/tmp/opencode-version-check', ...READ_ONLY_ENV, 'OPENCODE_DISABLE_AUTOUPDATE=1'],
       User: this.config.RUNNER_USER,
       Labels: { [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner, [LABEL.task]: '', [LABEL.role]: 'probe' },
       HostConfig: {
@@ -124,7 +126,8 @@ export class RunnerImageProbe {
         Init: true,
         PidsLimit: this.config.RUNNER_PIDS_LIMIT,
         Memory: 512 * 1024 * 1024,
-        AutoRemove: false
+        AutoRemove: false,
+        ...(this.config.RUNNER_READ_ONLY_ROOTFS === false ? {} : readOnlyRoot(64 * 1024 * 1024))
       }
     })
     const signal = AbortSignal.timeout(VERSION_TIMEOUT_MS)

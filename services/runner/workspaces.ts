@@ -10,7 +10,7 @@ import { TaskError } from '../errors.js'
 import { confine, listFiles, mountPointsArchive, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
 
 type WorkspaceConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
-'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' | 'ORPHAN_GRACE_MS'>
+'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'TASK_LOG_LIMIT' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_READ_ONLY_ROOTFS' | 'RUNNER_TMPFS_SIZE' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' | 'ORPHAN_GRACE_MS'>
 
 /** What the workspaces need of a task (the tasks layer's record has these fields). */
 export interface WorkspaceTask {
@@ -38,6 +38,9 @@ function asTaskError (err: unknown): never {
 }
 
 export class Workspaces {
+  /** The volume sets whose mount points were given to RUNNER_USER (read-only roots only). */
+  private readonly owned = new Set<string>()
+
   constructor (private readonly docker: DockerEngine, private readonly config: WorkspaceConfig, private readonly owner: string) {}
 
   checkRepository (url: string): string {
@@ -70,10 +73,38 @@ export class Workspaces {
     await this.docker.putArchive(containerId, '/workspace', seedArchive(files, uid, gid))
   }
 
-  /** Before start: the mount points of a created container owned by RUNNER_USER (see mountPointsArchive). */
+  /**
+   * Before start: the mount points of a created container owned by RUNNER_USER (see mountPointsArchive).
+   * A read-only root refuses an archive outside its volumes, and an archive into a volume leaves the
+   * volume's own directory as it is: the archive goes through a throwaway container (never started,
+   * writable root, no network) with the same volumes, whose directories keep the owner afterwards.
+   */
   async own (containerId: string): Promise<void> {
     const [uid, gid] = this.config.RUNNER_USER.split(':').map(Number)
-    await this.docker.putArchive(containerId, '/', mountPointsArchive(uid, gid))
+    if (!this.config.RUNNER_READ_ONLY_ROOTFS) {
+      await this.docker.putArchive(containerId, '/', mountPointsArchive(uid, gid))
+      return
+    }
+    const info = await this.docker.inspectContainer(containerId)
+    const volumes = (info.HostConfig.Mounts ?? []).filter((m) => m.Type === 'volume' && !m.ReadOnly)
+    // a volume keeps its owner: later turns (in this process) skip the extra container
+    const key = volumes.map((v) => v.Source).sort().join(' ')
+    if (this.owned.has(key)) return
+    const { Id } = await this.docker.createContainer({
+      Image: info.Config.Image,
+      Entrypoint: ['true'],
+      Cmd: [],
+      User: this.config.RUNNER_USER,
+      Labels: { ...(info.Config.Labels ?? {}), [LABEL.role]: 'helper' },
+      HostConfig: { NetworkMode: 'none', CapDrop: ['ALL'], SecurityOpt: ['no-new-privileges:true'], Privileged: false, Mounts: volumes }
+    })
+    try {
+      await this.docker.putArchive(Id, '/', mountPointsArchive(uid, gid))
+      if (this.owned.size > 10_000) this.owned.clear()
+      this.owned.add(key)
+    } finally {
+      await this.docker.removeContainer(Id, { force: true }).catch(() => {})
+    }
   }
 
   /** The changes made to a cloned repository (untracked files included), capped; null for other workspaces. */
