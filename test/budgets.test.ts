@@ -18,7 +18,7 @@ import { startModelServer } from './fixtures/model-server.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { callTool, connect, toolErrorOf, toolOk } from './helpers/mcp.js'
-import { opencodeConfigDir } from './helpers/opencode.js'
+import { opencodeConfigDir, runnerEnv } from './helpers/opencode.js'
 import { untilEnded } from './helpers/tasks.js'
 
 type Budget = { max_cost: number | null, max_tokens: number | null, max_steps: number | null, spent: { cost: number, tokens: number, steps: number } }
@@ -33,16 +33,7 @@ async function setup (t: Test, env: Record<string, string> = {}, cost = false) {
   t.teardown(() => model.close())
   // 10000 per million tokens: a step of the scripted model (~110 tokens) costs about 1.1
   const configDir = opencodeConfigDir(t, model.url, { scripted: cost ? { name: 'Scripted', cost: { input: 10_000, output: 10_000 } } : 'Scripted' })
-  const base = {
-    RUNNER_IMAGE: 'letta-opencode-runner:latest',
-    RUNNER_NETWORK: 'host',
-    RUNNER_MEMORY_LIMIT: '1g',
-    RUNNER_CPU_LIMIT: '1',
-    RUNNER_STOP_GRACE_S: '1',
-    RUNNER_MODEL: 'mock/scripted',
-    RUNNER_OPENCODE_CONFIG_DIR: configDir,
-    ...env
-  }
+  const base = runnerEnv(configDir, env)
   const { app, url } = await listen(t, { env: base })
   return { app, url, base }
 }

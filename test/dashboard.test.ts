@@ -5,10 +5,7 @@
  * text, another principal's task not found, the health page, the static headers (CSP, caching),
  * 360 px and 1440 px layouts, screenshots for the README, and the benchmark numbers.
  */
-import { execFileSync } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
-import { createServer } from 'node:http'
+import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { chromium, type Browser, type Page } from 'playwright-core'
@@ -16,9 +13,10 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { startModelServer } from './fixtures/model-server.js'
-import { listen, tempDir } from './helpers/app.js'
+import { listen } from './helpers/app.js'
 import { connect, toolOk } from './helpers/mcp.js'
-import { opencodeConfigDir } from './helpers/opencode.js'
+import { gitServer } from './helpers/git.js'
+import { opencodeConfigDir, runnerEnv } from './helpers/opencode.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const ALICE = 'alice-token-0123456789abcdef'
@@ -232,40 +230,11 @@ t.test('health page, headers (CSP, caching), the new routes\' scoping, 360 px', 
   t.equal(await page.evaluate('document.activeElement?.textContent'), 'Skip to content', 'keyboard: the first stop skips to the content')
 })
 
-/** A git repository served read-only over git's dumb HTTP protocol on loopback (as test/opencode.test.ts does). */
-async function gitServer (t: Test): Promise<string> {
-  const root = tempDir(t, 'lop-git-')
-  const work = join(root, 'work')
-  mkdirSync(work)
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: work, env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@t', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@t' } })
-  git('init', '-q', '-b', 'main')
-  writeFileSync(join(work, 'README.md'), '# demo\n')
-  git('add', '.')
-  git('commit', '-q', '-m', 'initial')
-  execFileSync('git', ['clone', '-q', '--bare', work, join(root, 'repo.git')])
-  execFileSync('git', ['update-server-info'], { cwd: join(root, 'repo.git') })
-  const server = createServer((req, res) => {
-    readFile(join(root, decodeURIComponent((req.url ?? '/').split('?')[0]))).then((data) => res.end(data), () => res.writeHead(404).end())
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => server.close())
-  return `http://127.0.0.1:${(server.address() as { port: number }).port}/repo.git`
-}
-
 t.test('the diff of a cloned repository, rendered as a diff (the real OpenCode, scripted model)', async (t) => {
   const model = await startModelServer('127.0.0.1')
   t.teardown(() => model.close())
   const { url } = await listen(t, {
-    env: {
-      RUNNER_IMAGE: 'letta-opencode-runner:latest',
-      RUNNER_NETWORK: 'host',
-      RUNNER_MEMORY_LIMIT: '1g',
-      RUNNER_CPU_LIMIT: '1',
-      RUNNER_STOP_GRACE_S: '1',
-      RUNNER_MODEL: 'mock/scripted',
-      RUNNER_OPENCODE_CONFIG_DIR: opencodeConfigDir(t, model.url),
-      MCP_AUTH_TOKENS: `alice:${ALICE}`
-    }
+    env: runnerEnv(opencodeConfigDir(t, model.url), { MCP_AUTH_TOKENS: `alice:${ALICE}` })
   })
   const { client } = await connect(t, url, { authorization: `Bearer ${ALICE}`, 'x-agent-id': 'agent-alice' })
   const repo = await gitServer(t)

@@ -13,7 +13,7 @@ import { listen } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { callTool, connect, post } from './helpers/mcp.js'
 import { AGENT_ENV, ALICE, BOB, envelope, modern, MODERN, TOKENS } from './helpers/modern.js'
-import { opencodeConfigDir } from './helpers/opencode.js'
+import { opencodeConfigDir, runnerEnv } from './helpers/opencode.js'
 
 const TASKS = { extensions: { 'io.modelcontextprotocol/tasks': {} } }
 const clientInfo = { name: 'ext-tasks-requester', version: '1.0.0' }
@@ -63,15 +63,7 @@ t.test('the ext-tasks requester runs a real OpenCode task to completion and canc
   const model = await startModelServer('127.0.0.1')
   t.teardown(() => model.close())
   const { url } = await listen(t, {
-    env: {
-      RUNNER_IMAGE: 'letta-opencode-runner:latest',
-      RUNNER_NETWORK: 'host',
-      RUNNER_MEMORY_LIMIT: '1g',
-      RUNNER_CPU_LIMIT: '1',
-      RUNNER_STOP_GRACE_S: '1',
-      RUNNER_MODEL: 'mock/scripted',
-      RUNNER_OPENCODE_CONFIG_DIR: opencodeConfigDir(t, model.url)
-    }
+    env: runnerEnv(opencodeConfigDir(t, model.url))
   })
   const { client: observer } = await connect(t, url)
 

@@ -5,18 +5,15 @@
  * confinement of the file tools, a passed-through secret that never shows, a cloned repository
  * and its diff. Runner containers use host networking to reach the model server on loopback.
  */
-import { execFileSync } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:http'
-import { join } from 'node:path'
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t, { type Test } from 'tap'
 import { startModelServer } from './fixtures/model-server.js'
-import { listen, tempDir } from './helpers/app.js'
+import { listen } from './helpers/app.js'
 import { waitFor } from './helpers/docker.js'
 import { callTool, connect, toolErrorOf, toolOk } from './helpers/mcp.js'
-import { opencodeConfigDir } from './helpers/opencode.js'
+import { gitServer } from './helpers/git.js'
+import { opencodeConfigDir, runnerEnv } from './helpers/opencode.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
 
 const SECRET = 'sk-scripted-0123456789abcdef'
@@ -37,20 +34,7 @@ async function setup (t: Test, env: Record<string, string> = {}) {
   // OpenCode's global config, mounted read-only: the scripted model as an OpenAI-compatible provider
   const configDir = opencodeConfigDir(t, model.url, { scripted: 'Scripted', other: 'Other' })
   const { app, url } = await listen(t, {
-    env: {
-      RUNNER_IMAGE: 'letta-opencode-runner:latest',
-      RUNNER_NETWORK: 'host',
-      RUNNER_MEMORY_LIMIT: '1g',
-      RUNNER_CPU_LIMIT: '1',
-      RUNNER_STOP_GRACE_S: '1',
-      RUNNER_MODEL: 'mock/scripted',
-      RUNNER_MODELS_ALLOWED: 'mock/other',
-      RUNNER_OPENCODE_CONFIG_DIR: configDir,
-      RUNNER_ENV_PASSTHROUGH: 'SCRIPTED_SECRET',
-      SCRIPTED_SECRET: SECRET,
-      SYNC_WAIT_MS: '120000',
-      ...env
-    }
+    env: runnerEnv(configDir, { RUNNER_MODELS_ALLOWED: 'mock/other', RUNNER_ENV_PASSTHROUGH: 'SCRIPTED_SECRET', SCRIPTED_SECRET: SECRET, SYNC_WAIT_MS: '120000', ...env })
   })
   const { client } = await connect(t, url, { 'x-agent-id': 'agent-opencode' })
   return { app, url, client, model }
@@ -169,29 +153,12 @@ t.test('a passed-through secret reaches the agent and never shows in results, hi
 })
 
 t.test('a git repository is cloned into the workspace and the diff is returned', async (t) => {
-  // a repository served read-only over git's dumb HTTP protocol on loopback
-  const root = tempDir(t, 'lop-git-')
-  const work = join(root, 'work')
-  mkdirSync(work)
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: work, env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@t', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@t' } })
-  git('init', '-q', '-b', 'main')
-  writeFileSync(join(work, 'README.md'), '# demo\n')
-  git('add', '.')
-  git('commit', '-q', '-m', 'initial')
-  execFileSync('git', ['clone', '-q', '--bare', work, join(root, 'repo.git')])
-  execFileSync('git', ['update-server-info'], { cwd: join(root, 'repo.git') })
-  const { readFile } = await import('node:fs/promises')
-  const server = createServer((req, res) => {
-    readFile(join(root, decodeURIComponent((req.url ?? '/').split('?')[0]))).then((data) => res.end(data), () => res.writeHead(404).end())
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => server.close())
-  const port = (server.address() as { port: number }).port
+  const repository = await gitServer(t)
 
   const { client } = await setup(t)
   const done = await ok(client, 'opencode_execute_task', {
     task_description: '[script:write-edit] add a greeting',
-    repository: { url: `http://127.0.0.1:${port}/repo.git`, branch: 'main' },
+    repository: { url: repository, branch: 'main' },
     sync: true
   }) as Task
   t.match(done, { status: 'completed', has_diff: true }, String(done.error))

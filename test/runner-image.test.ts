@@ -17,7 +17,7 @@ import { startModelServer } from './fixtures/model-server.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { BASE_IMAGE, removeOwned, waitFor } from './helpers/docker.js'
 import { callTool, connect, toolErrorOf, toolOk } from './helpers/mcp.js'
-import { opencodeConfigDir } from './helpers/opencode.js'
+import { opencodeConfigDir, runnerEnv } from './helpers/opencode.js'
 
 const FOREIGN_IMAGE = 'letta-opencode-foreign-runner:test'
 const MISSING_IMAGE = 'letta-opencode-no-such-image:never'
@@ -58,16 +58,7 @@ t.test('an image without ENTRYPOINT, with HOME=/tmp and no runner user runs a ta
   t.teardown(() => model.close())
   const configDir = opencodeConfigDir(t, model.url)
   const { app, url } = await listen(t, {
-    env: {
-      RUNNER_IMAGE: FOREIGN_IMAGE,
-      RUNNER_NETWORK: 'host',
-      RUNNER_MEMORY_LIMIT: '1g',
-      RUNNER_CPU_LIMIT: '1',
-      RUNNER_STOP_GRACE_S: '1',
-      RUNNER_MODEL: 'mock/scripted',
-      RUNNER_OPENCODE_CONFIG_DIR: configDir,
-      SYNC_WAIT_MS: '120000'
-    }
+    env: runnerEnv(configDir, { RUNNER_IMAGE: FOREIGN_IMAGE, SYNC_WAIT_MS: '120000' })
   })
   await waitFor(t, 'the runner image checked', () => runnerOf(app).opencode_version !== null || runnerOf(app).error !== null, 120_000)
   t.match(runnerOf(app), { image: FOREIGN_IMAGE, present: true, opencode_version: /^\d+\.\d+\.\d+/, error: null })

@@ -29,3 +29,17 @@ export function opencodeConfigDir (t: Test, modelUrl: string, models: Record<str
   chmodSync(join(dir, 'opencode.json'), 0o644)
   return dir
 }
+
+/** The service's environment for the real OpenCode runner image driven by the scripted model (host network: the model server is on loopback). */
+export function runnerEnv (configDir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    RUNNER_IMAGE: 'letta-opencode-runner:latest',
+    RUNNER_NETWORK: 'host',
+    RUNNER_MEMORY_LIMIT: '1g',
+    RUNNER_CPU_LIMIT: '1',
+    RUNNER_STOP_GRACE_S: '1',
+    RUNNER_MODEL: 'mock/scripted',
+    RUNNER_OPENCODE_CONFIG_DIR: configDir,
+    ...extra
+  }
+}
