@@ -32,7 +32,8 @@ export default fp(async (fastify) => {
   // RUNNER_EGRESS=allowlist: the network and the proxy before any task starts; each refusal in its task's history
   let egress: Egress | undefined
   if (fastify.config.RUNNER_EGRESS === 'allowlist') {
-    egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP))
+    egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP),
+      (taskId) => { const own = store.get(taskId)?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
     const runtime = await egress.start()
     const proxy = egress
     // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying

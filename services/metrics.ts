@@ -80,7 +80,7 @@ export class Metrics {
     })
     this.toolCalls = new Counter({ name: 'lop_mcp_tool_calls_total', help: 'MCP tool calls by tool and outcome (ok, error, exception)', labelNames: ['tool', 'outcome'], registers })
     this.lettaFailures = new Counter({ name: 'lop_letta_failures_total', help: 'Failed Letta calls by kind (block, notification), after retries', labelNames: ['kind'], registers })
-    this.egressDenials = new Counter({ name: 'lop_egress_denied_total', help: 'Runner connections refused by the egress proxy, by reason (not_allowed, ip_address, bad_request)', labelNames: ['reason'], registers })
+    this.egressDenials = new Counter({ name: 'lop_egress_denied_total', help: 'Runner connections refused by the egress proxy, by reason (not_allowed, not_allowed_for_task, ip_address, bad_request)', labelNames: ['reason'], registers })
     this.egressAllows = new Counter({ name: 'lop_egress_allowed_total', help: 'Runner connections let through by the egress proxy, by the RUNNER_EGRESS_ALLOW entry that allowed them', labelNames: ['rule'], registers })
     this.orphans = new Counter({ name: 'lop_orphans_removed_total', help: 'Labelled task containers removed by reconciliation', registers })
     this.cost = new Counter({ name: 'lop_cost_total', help: 'Model cost spent by tasks (as OpenCode reports it), by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })

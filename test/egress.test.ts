@@ -143,6 +143,51 @@ t.test('allowlist: an allowed host through the proxy, 403 and egress_denied for 
   t.match(metrics, /lop_egress_allowed_total\{rule="allowed\.test"\} 2/)
 })
 
+t.test('a task narrows the allow-list with egress_allow (never widens it): the rest of the server\'s list is refused to it', async (t) => {
+  buildShellImage()
+  const allowed = createServer((req, res) => res.end(`hello from ${req.headers.host}\n`))
+  await new Promise<void>((resolve) => allowed.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => allowed.close(resolve)))
+  const port = (allowed.address() as { port: number }).port
+  const hostMap = join(tempDir(t), 'hosts.json')
+  writeFileSync(hostMap, JSON.stringify({ 'one.test': `127.0.0.1:${port}`, 'two.test': `127.0.0.1:${port}` }))
+  const { url } = await listen(t, {
+    env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_MEMORY_LIMIT: '128m', RUNNER_STOP_GRACE_S: '1', RUNNER_CPU_LIMIT: '0.5', RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_ALLOW: 'one.test,two.test', RUNNER_EGRESS_HOST_MAP: hostMap }
+  })
+  const { client } = await connect(t, url, { 'x-agent-id': 'agent-egress' })
+  const script = [HTTP, PROXY,
+    'echo "== one"; http "GET http://one.test/ HTTP/1.0\\n\\n" "$PH" "$PP"',
+    'echo "== two"; http "GET http://two.test/ HTTP/1.0\\n\\n" "$PH" "$PP"'].join('\n')
+  const section = (out: string, name: string) => out.split(`== ${name}\n`)[1]?.split('\n== ')[0] ?? ''
+
+  const narrowed = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true, egress_allow: ['one.test'] }) as TaskResult)
+  t.equal(narrowed.status, 'completed', String(narrowed.error))
+  t.same(narrowed.egress_allow, ['one.test'], 'the view shows the task\'s own list')
+  t.match(section(String(narrowed.output), 'one'), /hello from one\.test/)
+  t.match(section(String(narrowed.output), 'two'), /^HTTP\/1\.1 403 Forbidden[\s\S]*task's egress_allow/, 'two.test is on the server\'s list, not on the task\'s')
+  type History = { events: Array<{ type: string, data: Record<string, unknown> }> }
+  await waitFor(t, 'the egress_denied event', async () => ((await callTool(client, 'get_task_history', { task_id: narrowed.task_id })).structuredContent as History).events.some((e) => e.type === 'egress_denied'))
+  const denied = ((await callTool(client, 'get_task_history', { task_id: narrowed.task_id })).structuredContent as History).events.filter((e) => e.type === 'egress_denied')
+  t.match(denied.map((e) => e.data), [{ host: 'two.test', port: 80, reason: 'not_allowed_for_task' }])
+
+  const whole = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true }) as TaskResult)
+  t.equal(whole.egress_allow, null, 'without egress_allow: the server\'s list')
+  t.match(section(String(whole.output), 'two'), /hello from two\.test/, 'another task still reaches two.test')
+
+  const wider = await callTool(client, 'opencode_execute_task', { task_description: 'say no', egress_allow: ['one.test', 'three.test'] })
+  t.equal(wider.isError, true)
+  t.match((wider.content as Array<{ text: string }>)[0].text, /egress_allow may only narrow the server's list: three\.test is not within RUNNER_EGRESS_ALLOW/)
+  const port8080 = await callTool(client, 'opencode_execute_task', { task_description: 'say no', egress_allow: ['one.test:8080'] })
+  t.match((port8080.content as Array<{ text: string }>)[0].text, /one\.test:8080 is not within/, 'another port is wider too')
+  const malformed = await callTool(client, 'opencode_execute_task', { task_description: 'say no', egress_allow: ['10.0.0.1'] })
+  t.match(JSON.parse((malformed.content as Array<{ text: string }>)[0].text).error, /egress_allow entry "10\.0\.0\.1" is not a host name/)
+
+  const { url: openUrl } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE } })
+  const { client: openClient } = await connect(t, openUrl)
+  const open = await callTool(openClient, 'opencode_execute_task', { task_description: 'say no', egress_allow: ['one.test'] })
+  t.match((open.content as Array<{ text: string }>)[0].text, /egress_allow needs RUNNER_EGRESS=allowlist on the server \(it is open\)/)
+})
+
 t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW stops start-up', async (t) => {
   buildShellImage()
   const { url } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_NETWORK: 'bridge', RUNNER_EGRESS: 'none', RUNNER_MEMORY_LIMIT: '64m' } })

@@ -81,6 +81,7 @@ const OpencodeExecuteTaskInput = z.object({
   observers: z.array(z.string().min(1).max(200)).max(20).optional().describe('Who else follows the task (at most 20 names): recorded in the task\'s history and status; nothing is sent to them'),
   max_cost: z.number().positive().max(1_000_000).optional().describe('The most the task may spend over all its turns, in the currency OpenCode reports; at most RUNNER_MAX_COST (the default when that is set)'),
   max_tokens: z.number().int().min(1).max(1_000_000_000_000).optional().describe('The most input + output tokens the task may use over all its turns; at most RUNNER_MAX_TOKENS (the default when that is set)'),
+  egress_allow: z.array(z.string().min(1).max(300)).min(1).max(100).optional().describe('With RUNNER_EGRESS=allowlist: the hosts this task may reach (name, *.wildcard, optional :port), a subset of the server\'s RUNNER_EGRESS_ALLOW; a wider list is refused'),
   max_steps: z.number().int().min(1).max(100_000).optional().describe('The most model steps the agent may take over all its turns; at most RUNNER_MAX_STEPS (the default when that is set). Over a limit, the task is stopped and ends failed with reason budget')
 })
 const OpencodeExecuteTaskOutput = z.object({

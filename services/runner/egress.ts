@@ -55,7 +55,7 @@ export function widening (narrow: EgressRule[], wide: EgressRule[]): EgressRule[
   }))
 }
 
-export interface EgressDenial { address: string, host: string, port: number, reason: 'not_allowed' | 'ip_address' | 'bad_request' }
+export interface EgressDenial { address: string, host: string, port: number, reason: 'not_allowed' | 'not_allowed_for_task' | 'ip_address' | 'bad_request' }
 
 /** What a runner container is given: its network and the proxy variables. */
 export interface EgressRuntime { network: string, env: string[] }
@@ -68,7 +68,12 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
    * `hostMap`: names the proxy resolves to given addresses instead of asking DNS (`name` → `ip:port`
    * or `ip`): for tests, whose stand-in hosts listen on this machine.
    */
-  constructor (private readonly rules: EgressRule[], private readonly hostMap: Record<string, string> = {}) {
+  constructor (
+    private readonly rules: EgressRule[],
+    private readonly hostMap: Record<string, string> = {},
+    /** The narrower list of the task whose container connects from `address`, if it has one (a task's `egress_allow`). */
+    private readonly narrowedFor?: (address: string) => Promise<EgressRule[] | undefined>
+  ) {
     super()
   }
 
@@ -86,13 +91,21 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
     await new Promise<void>((resolve) => this.server ? this.server.close(() => resolve()) : resolve())
   }
 
-  /** The rule that allows the target, or the reason it is refused (told to listeners). */
-  private check (address: string, host: string, port: number): string | null {
+  /**
+   * The rule that allows the target, or the reason it is refused (told to listeners). A task with
+   * its own list must match it as well (looked up only for what the server's list allows; a lookup
+   * that fails refuses).
+   */
+  private async check (address: string, host: string, port: number): Promise<string | null> {
     const bare = host.replace(/^\[|\]$/g, '')
-    const reason = !host || !Number.isInteger(port) || port < 1 || port > 65535 ? 'bad_request' : isIP(bare) ? 'ip_address' : null
+    let reason: EgressDenial['reason'] | null = !host || !Number.isInteger(port) || port < 1 || port > 65535 ? 'bad_request' : isIP(bare) ? 'ip_address' : null
     const rule = reason ? undefined : matchRule(this.rules, bare, port)
-    if (!rule) {
-      this.emit('denied', { address, host: bare, port, reason: (reason ?? 'not_allowed') as EgressDenial['reason'] })
+    if (rule && this.narrowedFor) {
+      const narrowed = await this.narrowedFor(address).catch(() => [])
+      if (narrowed && !matchRule(narrowed, bare, port)) reason = 'not_allowed_for_task'
+    }
+    if (!rule || reason) {
+      this.emit('denied', { address, host: bare, port, reason: reason ?? 'not_allowed' })
       return null
     }
     this.emit('allowed', { address, host: bare, port, rule: ruleText(rule) })
@@ -113,10 +126,13 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
     const host = m?.[1] ?? ''
     const port = Number(m?.[2] ?? 0)
     socket.on('error', () => {})
-    if (!this.check(address, host, port)) {
-      socket.end(`HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\negress to ${host}:${port} is not allowed (RUNNER_EGRESS_ALLOW)\n`)
-      return
-    }
+    this.check(address, host, port).then((allowed) => {
+      if (!allowed) socket.end(`HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\negress to ${host}:${port} is not allowed (RUNNER_EGRESS_ALLOW or the task's egress_allow)\n`)
+      else this.open(socket, host, port, head)
+    }, () => socket.destroy())
+  }
+
+  private open (socket: Duplex, host: string, port: number, head: Buffer): void {
     const to = this.target(host, port)
     const upstream = connect(to.port, to.host, () => {
       socket.write('HTTP/1.1 200 Connection Established\r\n\r\n')
@@ -143,10 +159,13 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
       return
     }
     const port = Number(url.port || 80)
-    if (!this.check(address, url.hostname, port)) {
-      res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress to ${url.hostname}:${port} is not allowed (RUNNER_EGRESS_ALLOW)\n`)
-      return
-    }
+    this.check(address, url.hostname, port).then((allowed) => {
+      if (!allowed) res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress to ${url.hostname}:${port} is not allowed (RUNNER_EGRESS_ALLOW or the task's egress_allow)\n`)
+      else this.send(req, res, url, port)
+    }, () => res.destroy())
+  }
+
+  private send (req: IncomingMessage, res: ServerResponse, url: URL, port: number): void {
     const to = this.target(url.hostname, port)
     const headers: Record<string, string | string[] | undefined> = { ...req.headers, host: url.host }
     for (const h of Object.keys(headers)) if (h.startsWith('proxy-')) delete headers[h]
@@ -185,8 +204,13 @@ export class Egress {
   runtime: EgressRuntime | undefined
   private readonly tasks = new Map<string, string>()
 
-  constructor (private readonly docker: DockerEngine, private readonly owner: string, rules: EgressRule[], hostMap: Record<string, string>) {
-    this.proxy = new EgressProxy(rules, hostMap)
+  /** `taskRules`: a task's own (narrower) list, or undefined when it has none. */
+  constructor (private readonly docker: DockerEngine, private readonly owner: string, rules: EgressRule[], hostMap: Record<string, string>,
+    taskRules?: (taskId: string) => EgressRule[] | undefined) {
+    this.proxy = new EgressProxy(rules, hostMap, taskRules && (async (address) => {
+      const taskId = await this.taskOf(address)
+      return taskId ? taskRules(taskId) : undefined
+    }))
   }
 
   get network (): string { return egressNetworkName(this.owner) }

@@ -11,13 +11,14 @@ import { EventEmitter } from 'node:events'
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
-import { splitList } from '../config.js'
+import { ConfigError, splitList } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
 import { opencodeArgv, type ParsedEvent } from '../runner/opencode.js'
 import { redactFile } from '../runner/workspace.js'
 import { Workspaces } from '../runner/workspaces.js'
+import { parseAllowList, ruleText, widening } from '../runner/egress.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
 import { followLog, readLogRange } from '../runner/output.js'
 import { dailyMessage, dailyOver, dailyRefusal, DAY_MS, exhausted, overLimits, spentOf, taskLimits } from './budget.js'
@@ -31,7 +32,7 @@ export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'R
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
 'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS' |
 'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_READ_ONLY_ROOTFS' | 'RUNNER_TMPFS_SIZE' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' |
-'TASK_RETENTION_MS' | 'RUNNER_MAX_COST' | 'RUNNER_MAX_TOKENS' | 'RUNNER_MAX_STEPS' | 'AGENT_DAILY_COST' | 'PRINCIPAL_DAILY_COST'>
+'TASK_RETENTION_MS' | 'RUNNER_EGRESS' | 'RUNNER_EGRESS_ALLOW' | 'RUNNER_MAX_COST' | 'RUNNER_MAX_TOKENS' | 'RUNNER_MAX_STEPS' | 'AGENT_DAILY_COST' | 'PRINCIPAL_DAILY_COST'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
@@ -49,6 +50,8 @@ export interface SubmitArgs {
   max_cost?: number
   max_tokens?: number
   max_steps?: number
+  /** RUNNER_EGRESS=allowlist: the hosts this task may reach, a subset of RUNNER_EGRESS_ALLOW (never wider). */
+  egress_allow?: string[]
 }
 
 /** The kinds of follow-up message of the original tool contract; any but `update` reaches the agent as a `[type] ` prefix. */
@@ -167,6 +170,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
     const limits = taskLimits(this.config, args)
+    const egressAllow = args.egress_allow ? this.checkEgressAllow(args.egress_allow) : null
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
     // stored; a retry with a known key gets its task all the same
     const create = (): TaskRecord => {
@@ -207,13 +211,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       diff_truncated: false,
       workspace_removed_at: null,
       limits,
-      spent: null
+      spent: null,
+      egress_allow: egressAllow
     })
 
     let task: TaskRecord
     if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
       const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
-      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits])])).digest('hex')
+      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits]), ...(egressAllow ? [egressAllow] : [])])).digest('hex')
       const claim = this.store.claimIdempotent({ principal: caller.principal, agent_id: agentId ?? '', key: args.idempotency_key, args_hash: argsHash, ttlMs: this.config.IDEMPOTENCY_TTL_MS }, create)
       if (claim.existing) {
         if (claim.args_hash !== argsHash) {
@@ -242,6 +247,25 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         : `model "${model}" is not allowed here: this server runs OpenCode's configured model only (set RUNNER_MODELS_ALLOWED to offer a choice)`)
     }
     return model
+  }
+
+  /** A task's egress_allow: well-formed names within RUNNER_EGRESS_ALLOW, as rule texts. */
+  private checkEgressAllow (list: string[]): string[] {
+    if (this.config.RUNNER_EGRESS !== 'allowlist') {
+      throw new TaskError('invalid', `egress_allow needs RUNNER_EGRESS=allowlist on the server (it is ${this.config.RUNNER_EGRESS}); leave egress_allow out`)
+    }
+    let rules
+    try {
+      rules = parseAllowList(list.join(','), 'egress_allow')
+    } catch (err) {
+      if (err instanceof ConfigError) throw new TaskError('invalid', err.message)
+      throw err
+    }
+    const wider = widening(rules, parseAllowList(this.config.RUNNER_EGRESS_ALLOW))
+    if (wider.length) {
+      throw new TaskError('invalid', `egress_allow may only narrow the server's list: ${wider.map(ruleText).join(', ')} ${wider.length === 1 ? 'is' : 'are'} not within RUNNER_EGRESS_ALLOW (${this.config.RUNNER_EGRESS_ALLOW || 'empty'})`)
+    }
+    return rules.map(ruleText)
   }
 
   private checkSeed (files: Array<{ path: string, content: string }>): Array<{ path: string, content: string }> {

@@ -55,6 +55,8 @@ export interface TaskRecord {
   limits?: Limits | null
   /** Spent so far, written at every step end (the result is written at a turn's end). */
   spent?: Spent | null
+  /** The task's own egress allow-list (RUNNER_EGRESS=allowlist), narrower than the server's; null: the server's. */
+  egress_allow?: string[] | null
   /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */

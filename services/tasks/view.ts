@@ -43,6 +43,7 @@ export const TaskViewSchema = Type.Object({
     max_steps: Nullable(Type.Integer()),
     spent: Type.Object({ cost: Type.Number(), tokens: Type.Integer({ description: 'input + output' }), steps: Type.Integer() })
   }, { description: 'The task\'s limits (null: none) and what it spent so far over all its turns; null when the task has no budget' })),
+  egress_allow: Nullable(Type.Array(Type.String(), { description: 'The task\'s own egress allow-list (a subset of RUNNER_EGRESS_ALLOW); null: the server\'s list' })),
   workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
@@ -103,6 +104,7 @@ export function taskView (t: TaskRecord): TaskView {
     workspace_available: t.turns > 0 && t.workspace_removed_at === null,
     observers: t.observers ?? [],
     budget: t.limits ? { ...t.limits, spent: t.spent ?? spentOf(t) } : null,
+    egress_allow: t.egress_allow ?? null,
     workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
