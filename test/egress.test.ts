@@ -169,6 +169,8 @@ t.test('a task narrows the allow-list with egress_allow (never widens it): the r
   await waitFor(t, 'the egress_denied event', async () => ((await callTool(client, 'get_task_history', { task_id: narrowed.task_id })).structuredContent as History).events.some((e) => e.type === 'egress_denied'))
   const denied = ((await callTool(client, 'get_task_history', { task_id: narrowed.task_id })).structuredContent as History).events.filter((e) => e.type === 'egress_denied')
   t.match(denied.map((e) => e.data), [{ host: 'two.test', port: 80, reason: 'not_allowed_for_task' }])
+  const status = (await callTool(client, 'get_task_status', { task_id: narrowed.task_id })).structuredContent as { recent_events: Array<{ type: string, message: string }> }
+  t.ok(status.recent_events.some((e) => e.message === 'egress_denied: two.test:80 (not_allowed_for_task)'), 'the one-line summary (the Letta block\'s events use it too) names host, port and reason')
 
   const whole = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true }) as TaskResult)
   t.equal(whole.egress_allow, null, 'without egress_allow: the server\'s list')

@@ -118,6 +118,7 @@ export function eventSummary (e: TaskEvent): string {
   if (e.type === 'step_start') return `step ${d.step ?? ''}`.trim()
   if (e.type === 'events_dropped') return `events_dropped: ${d.dropped} agent events of this turn were not stored`
   if (e.type === 'message_queued' && d.message_type) return `message_queued (${d.message_type}): ${d.message}`
+  if (e.type === 'egress_denied') return `egress_denied: ${d.host}:${d.port} (${d.reason})`
   return [e.type, d.reason, d.error, d.message].filter(Boolean).join(': ')
 }
 
