@@ -4,6 +4,7 @@
  * starts it). Every call is awaited, so the same lines drive the synchronous SQLite store and the
  * asynchronous PostgreSQL one. Ages are given as times, never waited for.
  */
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../services/letta/outbox-store.js'
 import { PgLettaOutboxStore } from '../services/letta/pg-outbox-store.js'
@@ -339,6 +340,7 @@ t.test('postgres: replicas starting together on one database migrate once', asyn
   await stores[1].insert(record('a'))
   t.ok(await stores[3].get('a'), 'every replica sees the others\' writes')
   t.equal(new Set(stores.map((s) => s.owner)).size, 4, 'one owner per replica')
+  t.equal(pg.types.getTypeParser(pg.types.builtins.INT8)('5'), '5', 'BIGINT is parsed as a number on the stores\' pools only, not globally')
 })
 
 t.test('openStores: SQLite without DATABASE_URL, PostgreSQL with it; the location has no password', async (t) => {
@@ -349,11 +351,11 @@ t.test('openStores: SQLite without DATABASE_URL, PostgreSQL with it; the locatio
   t.match(sqlite.location, /^sqlite:.*tasks\.db$/)
 
   const url = await freshDatabase(t)
-  const pg = await openStores({ DATA_DIR: tempDir(t), DATABASE_URL: url, DATABASE_POOL_SIZE: 3 })
-  t.teardown(() => pg.tasks.close())
-  t.ok(pg.tasks instanceof PgTaskStore)
-  t.ok(pg.outbox instanceof PgLettaOutboxStore)
-  t.equal((pg.tasks as PgTaskStore).pool.options.max, 3, 'the pool is DATABASE_POOL_SIZE')
-  t.notMatch(pg.location, `:${new URL(url).password}@`)
-  t.match(pg.location, /^postgres:\/\/lop:\*\*\*@127\.0\.0\.1:5432\/lop_t_/)
+  const postgres = await openStores({ DATA_DIR: tempDir(t), DATABASE_URL: url, DATABASE_POOL_SIZE: 3 })
+  t.teardown(() => postgres.tasks.close())
+  t.ok(postgres.tasks instanceof PgTaskStore)
+  t.ok(postgres.outbox instanceof PgLettaOutboxStore)
+  t.equal((postgres.tasks as PgTaskStore).pool.options.max, 3, 'the pool is DATABASE_POOL_SIZE')
+  t.notMatch(postgres.location, `:${new URL(url).password}@`)
+  t.match(postgres.location, /^postgres:\/\/lop:\*\*\*@127\.0\.0\.1:5432\/lop_t_/)
 })

@@ -7,7 +7,7 @@
  * SQLite; services/letta/pg-outbox-store.ts writes it on this store's pool.
  */
 import { randomUUID } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
 import type { ListFilter, Spending, SpendRow, TaskFields, TaskStore } from './store.js'
@@ -176,10 +176,17 @@ const types = {
 export function replicaId (dataDir: string): string {
   mkdirSync(dataDir, { recursive: true })
   const file = join(dataDir, 'replica-id')
-  try {
-    writeFileSync(file, `${randomUUID()}\n`, { flag: 'wx' })
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+  if (!existsSync(file)) {
+    // written whole, then linked into place: a process starting at the same time reads one id or the other, never half
+    const tmp = `${file}.${randomUUID()}`
+    writeFileSync(tmp, `${randomUUID()}\n`)
+    try {
+      linkSync(tmp, file)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    } finally {
+      unlinkSync(tmp)
+    }
   }
   return readFileSync(file, 'utf8').trim()
 }
