@@ -76,6 +76,9 @@ export const ConfigSchema = Type.Object({
   MCP_HOST: Str('127.0.0.1', 'an address to bind, such as 127.0.0.1 or 0.0.0.0', { minLength: 1 }),
   DATA_DIR: Str('./data', 'a writable directory for the task store and logs', { minLength: 1 }),
   SHUTDOWN_GRACE_MS: Int(20_000, 0, 3_600_000, 'milliseconds from 0 to 3600000 (how long running tasks may finish on SIGTERM)'),
+  // Task store: SQLite in DATA_DIR (empty), or PostgreSQL (cluster mode)
+  DATABASE_URL: Str('', 'a postgres:// or postgresql:// URL such as postgres://user:password@db:5432/lop (or DATABASE_URL_FILE), or empty for SQLite in DATA_DIR', { pattern: '^(postgres(ql)?://\\S+)?$' }),
+  DATABASE_POOL_SIZE: Int(10, 1, 200, 'an integer from 1 to 200 (PostgreSQL connections per replica)'),
 
   // Operations
   METRICS_TOKEN: Str('', 'a token of at least 16 characters for GET /metrics (or METRICS_TOKEN_FILE), or empty to use the MCP authentication', { pattern: '^(\\S{16,})?$' }),
@@ -107,7 +110,7 @@ export const ConfigSchema = Type.Object({
 export type Config = Static<typeof ConfigSchema>
 
 /** Variables that may come from a file (`NAME_FILE`, Docker secrets) and are never logged. */
-export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN'] as const
+export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN', 'DATABASE_URL'] as const
 
 export class ConfigError extends Error {
   override name = 'ConfigError'
@@ -156,6 +159,17 @@ export function formatConfigErrors (errors: AjvLikeError[], source: Record<strin
     lines.set(name, `${name}=${shown}: expected ${schema?.description ?? e.message ?? 'a valid value'}`)
   }
   return `Invalid configuration: ${[...lines.values()].join('; ')}`
+}
+
+/** A database URL without its password (for a log line): postgres://user:***@host:5432/db. */
+export function redactUrl (url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return '<unparsable URL>'
+  }
 }
 
 const UNITS: Record<string, number> = { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }

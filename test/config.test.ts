@@ -3,7 +3,8 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import t from 'tap'
 import configPlugin from '../plugins/config.js'
-import { ConfigError, parseAuthTokens, parseByteSize, readEnvSources } from '../services/config.js'
+import { ConfigError, parseAuthTokens, parseByteSize, readEnvSources, redactUrl } from '../services/config.js'
+import { loggerOptions } from '../services/logging.js'
 import { tempDir } from './helpers/app.js'
 
 async function loadConfig (env: Record<string, string>, envFile: string | false = false) {
@@ -122,4 +123,34 @@ t.test('byte sizes and token lists parse', async (t) => {
     { principal: 'b.c', token: 'fedcba9876543210:x' }
   ])
   t.throws(() => parseAuthTokens('no-colon-here-0123456789'), /entry 1 is malformed/)
+})
+
+t.test('the task store: DATABASE_URL (or its file) picks PostgreSQL, only postgres URLs, never echoed; DATABASE_POOL_SIZE bounded', async (t) => {
+  const c = await loadConfig({})
+  t.same([c.DATABASE_URL, c.DATABASE_POOL_SIZE], ['', 10], 'empty: SQLite in DATA_DIR; a pool of 10')
+  for (const url of ['postgres://u:pw@db:5432/lop', 'postgresql://u@db/lop?sslmode=require']) {
+    t.equal((await loadConfig({ DATABASE_URL: url })).DATABASE_URL, url)
+  }
+  for (const url of ['mysql://u:s3cret@db/lop', 'u:s3cret@db:5432/lop', 'postgres:// u:s3cret@db', 'postgres://']) {
+    const err = await loadConfig({ DATABASE_URL: url }).catch((e: Error) => e)
+    t.ok(err instanceof ConfigError, `${url} is refused`)
+    t.match(String(err), /DATABASE_URL=<redacted>: expected a postgres:\/\/ or postgresql:\/\/ URL/)
+    t.notMatch(String(err), /s3cret/, 'the URL (and its password) is not in the message')
+  }
+
+  const dir = tempDir(t)
+  const file = join(dir, 'database-url')
+  writeFileSync(file, 'postgres://u:from-file@db/lop\n')
+  t.equal((await loadConfig({ DATABASE_URL_FILE: file })).DATABASE_URL, 'postgres://u:from-file@db/lop')
+  await t.rejects(loadConfig({ DATABASE_URL: 'postgres://x@db/lop', DATABASE_URL_FILE: file }), /both DATABASE_URL and DATABASE_URL_FILE are set/)
+  await t.rejects(loadConfig({ RUNNER_ENV_PASSTHROUGH: 'DATABASE_URL' }), /RUNNER_ENV_PASSTHROUGH names DATABASE_URL, a secret of the service itself/)
+
+  t.equal((await loadConfig({ DATABASE_POOL_SIZE: '25' })).DATABASE_POOL_SIZE, 25)
+  for (const size of ['0', '201', 'lots']) {
+    await t.rejects(loadConfig({ DATABASE_POOL_SIZE: size }), new RegExp(`DATABASE_POOL_SIZE="${size}": expected an integer from 1 to 200`))
+  }
+
+  t.equal(redactUrl('postgres://lop:s3cret@db:5432/lop'), 'postgres://lop:***@db:5432/lop', 'a log line shows the URL without its password')
+  t.equal(redactUrl('postgres://lop@db/lop'), 'postgres://lop@db/lop')
+  t.ok((loggerOptions({}).redact as { paths: string[] }).paths.includes('config.DATABASE_URL'), 'the logger redacts it')
 })

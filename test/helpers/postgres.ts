@@ -1,0 +1,34 @@
+/**
+ * PostgreSQL for the store tests: a fresh database per test, made from TEST_DATABASE_URL (default:
+ * the role and database scripts/postgres.sh makes) and dropped in teardown. An unreachable server
+ * fails the test, naming the script that installs and starts it.
+ */
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import type { Test } from 'tap'
+
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || 'postgres://lop:lop@127.0.0.1:5432/lop_test'
+
+async function admin<T> (fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: TEST_DATABASE_URL, connectionTimeoutMillis: 30_000 })
+  try {
+    await c.connect()
+  } catch (err) {
+    throw new Error(`PostgreSQL is unreachable at ${new URL(TEST_DATABASE_URL).host} (${(err as Error).message}): run scripts/postgres.sh (as root) to install and start it, or set TEST_DATABASE_URL`)
+  }
+  try {
+    return await fn(c)
+  } finally {
+    await c.end()
+  }
+}
+
+/** The URL of a new, empty database (its owner: the test role), dropped after the test. */
+export async function freshDatabase (t: Test): Promise<string> {
+  const name = `lop_t_${randomBytes(6).toString('hex')}`
+  await admin((c) => c.query(`CREATE DATABASE ${name}`))
+  t.teardown(() => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)))
+  const url = new URL(TEST_DATABASE_URL)
+  url.pathname = `/${name}`
+  return url.toString()
+}
