@@ -76,7 +76,7 @@ export async function runListBench () {
   const oldQuery = (limit: number) => { before.all({ principal: ANONYMOUS_PRINCIPAL, limit, offset: 0 }); count.get({ principal: ANONYMOUS_PRINCIPAL }) }
   const newQuery = (limit: number) => store.list({ principal: ANONYMOUS_PRINCIPAL, limit, offset: 0 })
 
-  for (let i = 0; i < 5; i++) { await list({}); oldQuery(200); newQuery(200) }
+  for (let i = 0; i < 5; i++) { await list({}); oldQuery(200); await newQuery(200) }
   const mcp20: number[] = []
   const mcp200: number[] = []
   const deep: number[] = []

@@ -33,7 +33,7 @@ export default fp(async (fastify) => {
   let egress: Egress | undefined
   if (fastify.config.RUNNER_EGRESS === 'allowlist') {
     egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP),
-      (taskId) => { const own = store.get(taskId)?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
+      async (taskId) => { const own = (await store.get(taskId))?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
     const runtime = await egress.start()
     const proxy = egress
     // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
@@ -41,14 +41,14 @@ export default fp(async (fastify) => {
     const deniedPerTask = new Map<string, number>()
     proxy.proxy.on('denied', (d) => {
       const at = new Date().toISOString()
-      proxy.taskOf(d.address).then((taskId) => {
+      proxy.taskOf(d.address).then(async (taskId) => {
         const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
         if (deniedPerTask.size > 10_000) deniedPerTask.clear()
         deniedPerTask.set(taskId ?? '', n)
         if (n > EGRESS_EVENTS_PER_TASK) return
         fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
-        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
-      }, (err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task'))
+        if (taskId && await store.get(taskId)) await store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
+      }).catch((err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task or not recorded'))
     })
     fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
   }
@@ -74,6 +74,6 @@ export default fp(async (fastify) => {
     runnerImage.stop()
     engine.close()
     await egress?.close()
-    store.close()
+    await store.close()
   })
 }, { name: 'tasks', dependencies: ['config', 'docker'], fastify: '5.x' })
