@@ -1,6 +1,6 @@
 /**
- * Tasks plugin: the task store (SQLite in DATA_DIR) and the task engine with its semaphore queue,
- * decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically; the
+ * Tasks plugin: the task and Letta outbox stores (SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL)
+ * and the task engine with its semaphore queue, decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically; the
  * drain runs first on close. The RUNNER_IMAGE check (`runnerImage`) runs at start and on the engine
  * probe's cadence; the engine refuses tasks while it finds the image unusable.
  */
@@ -8,15 +8,19 @@ import fp from 'fastify-plugin'
 import { Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
-import { SqliteTaskStore } from '../services/tasks/store.js'
+import type { LettaOutboxStore } from '../services/letta/outbox-store.js'
+import type { TaskStore } from '../services/tasks/store.js'
+import { openStores } from '../services/tasks/stores.js'
 
 const EGRESS_EVENTS_PER_TASK = 100
 
 declare module 'fastify' {
   interface FastifyInstance {
     tasks: TaskEngine
-    /** The SQLite task store behind `tasks` (its handle also holds the Letta outbox). */
-    taskStore: SqliteTaskStore
+    /** The task store behind `tasks`: SQLite in DATA_DIR, or PostgreSQL (DATABASE_URL). */
+    taskStore: TaskStore
+    /** The Letta outbox, in the same database as the tasks (a task's end and its notification commit together). */
+    lettaOutbox: LettaOutboxStore
     runnerImage: RunnerImageProbe
     /** RUNNER_EGRESS=allowlist: the internal network and the egress proxy; undefined otherwise. */
     egress: Egress | undefined
@@ -24,7 +28,8 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const store = new SqliteTaskStore(fastify.config.DATA_DIR)
+  const { tasks: store, outbox, location } = await openStores(fastify.config)
+  fastify.log.info({ store: location }, 'task store open')
   const runnerImage = new RunnerImageProbe(fastify.docker, fastify.config, store.owner, fastify.config.DOCKER_PROBE_INTERVAL_MS, (state) => {
     if (state.error) fastify.log.error({ image: state.image, present: state.present }, state.error)
     else fastify.log.info({ image: state.image, opencode: state.opencode_version }, 'runner image ready')
@@ -57,6 +62,7 @@ export default fp(async (fastify) => {
   const engine = new TaskEngine(store, fastify.docker, engineConfig, fastify.log, fastify.runnerEnv, runnerImage)
   fastify.decorate('tasks', engine)
   fastify.decorate('taskStore', store)
+  fastify.decorate('lettaOutbox', outbox)
   fastify.decorate('runnerImage', runnerImage)
   fastify.decorate('egress', egress)
   let timer: NodeJS.Timeout | undefined

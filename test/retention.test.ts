@@ -138,8 +138,8 @@ t.test('through the app: an ended task past TASK_RETENTION_MS is deleted at reco
   t.ok(status.isError, 'the old task is gone')
   t.match((status.content[0] as { text: string }).text, /No task/)
   t.notOk(existsSync(app.tasks.logPath(old.task_id)), 'its log file is deleted')
-  t.equal(count(app.taskStore, 'task_events', old.task_id), 0, 'its events are deleted')
-  t.equal(count(app.taskStore, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
+  t.equal(count(app.taskStore as SqliteTaskStore, 'task_events', old.task_id), 0, 'its events are deleted')
+  t.equal(count(app.taskStore as SqliteTaskStore, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
   t.match(await client.callTool({ name: 'get_task_status', arguments: { task_id: recent.task_id } }), { structuredContent: { status: 'completed' } }, 'the recent task is kept')
   t.ok(existsSync(app.tasks.logPath(recent.task_id)))
 })
@@ -158,7 +158,7 @@ t.test('IDEMPOTENCY_TTL_MS: an expired key makes a new task, and expired keys ar
   const caller = { principal: 'anonymous', agentId: 'agent-ttl' }
   const first = await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
   t.equal((await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })).task.id, first.task.id, 'within the TTL: the same task')
-  const keys = app.taskStore.db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
+  const keys = (app.taskStore as SqliteTaskStore).db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
   keys.run(Date.now() - DAY - 1, 'k1')
   const again = await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
   t.equal(again.existing, false, 'past the TTL: a new task')
@@ -168,7 +168,7 @@ t.test('IDEMPOTENCY_TTL_MS: an expired key makes a new task, and expired keys ar
   await app.tasks.reconcile() // the start-up run is over: the next call runs anew
   keys.run(Date.now() - DAY - 1, 'k2')
   await app.tasks.reconcile()
-  const left = app.taskStore.db.prepare('SELECT key, task_id FROM idempotency_keys').all()
+  const left = (app.taskStore as SqliteTaskStore).db.prepare('SELECT key, task_id FROM idempotency_keys').all()
   t.same(left, [{ key: 'k1', task_id: again.task.id }], 'the expired key k2 is deleted, the live k1 kept')
   t.ok(await app.tasks.store.get(other.task.id), 'its task is not (it is not past TASK_RETENTION_MS)')
   for (const id of [first.task.id, again.task.id, other.task.id]) await app.tasks.waitForEnd(id, 120_000)
