@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events'
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
-import { ConfigError, parseGitAuthor, parseGitCredentials, splitList } from '../config.js'
+import { ConfigError, parseGitAuthor, parseGitCredentials, splitList, type GitCredential } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
@@ -98,6 +98,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly modelsAllowed: Set<string>
   readonly workspaces: Workspaces
   private readonly shipper: Shipper
+  /** GIT_CREDENTIALS, parsed: the hosts a push may go to. */
+  private readonly credentials: GitCredential[]
   /** Values never shown: RUNNER_ENV_PASSTHROUGH's and the push credentials (GIT_CREDENTIALS). */
   private readonly secrets: string[]
   private accepting = true
@@ -124,9 +126,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     mkdirSync(this.logDir, { recursive: true })
     this.modelsAllowed = new Set([config.RUNNER_MODEL, ...splitList(config.RUNNER_MODELS_ALLOWED)].filter(Boolean))
     this.workspaces = new Workspaces(docker, config, store.owner)
-    const credentials = parseGitCredentials(config.GIT_CREDENTIALS ?? '')
-    this.secrets = [...Object.values(runnerEnv), ...Shipper.secretsOf(credentials)]
-    this.shipper = new Shipper({ author: parseGitAuthor(config.RUNNER_GIT_AUTHOR ?? 'letta-opencode-plugin <letta-opencode-plugin@localhost>'), credentials }, this.secrets)
+    this.credentials = parseGitCredentials(config.GIT_CREDENTIALS)
+    this.secrets = [...Object.values(runnerEnv), ...Shipper.secretsOf(this.credentials)]
+    this.shipper = new Shipper({ author: parseGitAuthor(config.RUNNER_GIT_AUTHOR), credentials: this.credentials }, this.secrets)
   }
 
   get owner (): string { return this.store.owner }
@@ -270,7 +272,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const problem = branchProblem(push.branch)
     if (problem) throw new TaskError('invalid', `repository.push.branch "${push.branch}" is not a branch name: it ${problem}`)
     if (!/^https?:\/\//.test(url)) throw new TaskError('invalid', `repository.push needs an http(s) repository URL (credentials come from GIT_CREDENTIALS); "${url}" is not one`)
-    if (!credentialFor(parseGitCredentials(this.config.GIT_CREDENTIALS ?? ''), url)) {
+    if (!credentialFor(this.credentials, url)) {
       throw new TaskError('invalid', `repository.push: the server has no push credential for ${new URL(url).host} (GIT_CREDENTIALS); leave push out and use get_task_patch`)
     }
     return { branch: push.branch, commit_message: push.commit_message ?? null, force: push.force ?? false }
