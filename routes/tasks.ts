@@ -1,7 +1,7 @@
 /**
  * HTTP task endpoints, with the same auth and principal scoping as /mcp: list, a live stream of the
  * list's changes (SSE), status, history, logs (with a follow mode), controls (cancel, pause, resume),
- * follow-up messages, workspace files and the diff. Each calls the engine method its MCP tool calls.
+ * follow-up messages, workspace files, the diff and the patch. Each calls the engine method its MCP tool calls.
  * Schemas for every status code; another principal's task is a 404.
  */
 import { Readable } from 'node:stream'
@@ -208,6 +208,22 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => engineCall(async () => {
     const task = await tasks.get(request.principal, request.params.id)
     return { task_id: task.id, status: task.status, diff: task.diff, truncated: task.diff_truncated, ended: TERMINAL.has(task.status) }
+  }))
+
+  fastify.get('/tasks/:id/patch', {
+    schema: {
+      summary: 'The changes an ended task made to its cloned repository, as a git format-patch series from the original commit (capped at 1 MiB)',
+      params: TaskParams,
+      response: {
+        200: Type.Object({ task_id: Type.String(), status: TaskStatusSchema, patch: Type.String(), commits: Type.Integer(), truncated: Type.Boolean() }),
+        ...errors,
+        409: ErrorSchema,
+        503: ErrorSchema
+      }
+    }
+  }, async (request) => engineCall(async () => {
+    const { task, patch, commits, truncated } = await tasks.patch(request.principal, request.params.id)
+    return { task_id: task.id, status: task.status, patch, commits, truncated }
   }))
 
   fastify.get('/tasks/:id/logs', {

@@ -50,6 +50,9 @@ export const ConfigSchema = Type.Object({
   RUNNER_MODELS_ALLOWED: Str('', 'a comma list of provider/model a task may ask for; empty means only RUNNER_MODEL'),
   RUNNER_ENV_PASSTHROUGH: Str('', 'a comma list of variable names passed to runner containers, such as ANTHROPIC_API_KEY,OPENAI_API_KEY', { pattern: '^([A-Za-z_][A-Za-z0-9_]*(\\s*,\\s*[A-Za-z_][A-Za-z0-9_]*)*)?$' }),
   RUNNER_OPENCODE_CONFIG_DIR: Str('', 'a host directory or Docker volume holding opencode.json, mounted read-only in runner containers, or empty'),
+  // Pushing results (repository.push): the author of the commits, and the push credentials by host
+  RUNNER_GIT_AUTHOR: Str('letta-opencode-plugin <letta-opencode-plugin@localhost>', 'a git author as Name <email>, such as OpenCode Bot <bot@example.com> (of the commits a push makes)'),
+  GIT_CREDENTIALS: Str('', 'lines of https://TOKEN@host or https://user:token@host (a git credential-store file), or GIT_CREDENTIALS_FILE; only the line of the remote\'s host is given to the push helper'),
   // Budgets (0: none): a task's ceilings (a caller may ask for less, never more), and rolling 24 h budgets
   RUNNER_MAX_COST: Type.Number({ default: 0, minimum: 0, maximum: 1_000_000, description: 'a cost from 0 to 1000000 in the currency OpenCode reports, such as 2.5 (the most a task may spend; 0: no ceiling)' }),
   RUNNER_MAX_TOKENS: Int(0, 0, 1_000_000_000_000, 'an integer from 0 to 1000000000000 (input + output tokens a task may use; 0: no ceiling)'),
@@ -110,7 +113,7 @@ export const ConfigSchema = Type.Object({
 export type Config = Static<typeof ConfigSchema>
 
 /** Variables that may come from a file (`NAME_FILE`, Docker secrets) and are never logged. */
-export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN', 'DATABASE_URL'] as const
+export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN', 'DATABASE_URL', 'GIT_CREDENTIALS'] as const
 
 export class ConfigError extends Error {
   override name = 'ConfigError'
@@ -199,6 +202,43 @@ export function parseAuthTokens (value: string): AuthToken[] {
   })
 }
 
+/** A push credential: the protocol and host (with its port) it is for, and what git is given. */
+export interface GitCredential { protocol: 'https:' | 'http:', host: string, username: string, password: string }
+
+/** The user name given with a bare token (`https://TOKEN@host`): forges take any name with a token. */
+export const TOKEN_USERNAME = 'x-access-token'
+
+/**
+ * Parses GIT_CREDENTIALS: one URL a line (blank lines and # comments skipped; spaces or commas also separate them), as a git
+ * credential-store file has them, percent-encoded. A bare token is the password of TOKEN_USERNAME.
+ * Errors name the entry by its number, never its content.
+ */
+export function parseGitCredentials (value: string, field = 'GIT_CREDENTIALS'): GitCredential[] {
+  // one a line in a file; spaces or commas between them in a variable
+  const lines = value.split(/\r?\n/).filter((l) => !l.trim().startsWith('#')).flatMap((l) => l.split(/[\s,]+/)).filter(Boolean)
+  const out: GitCredential[] = []
+  for (const [i, line] of lines.entries()) {
+    let url: URL | undefined
+    try { url = new URL(line) } catch {}
+    const bad = !url || (url.protocol !== 'https:' && url.protocol !== 'http:') || !url.username || !url.hostname ||
+      (url.pathname !== '/' && url.pathname !== '') || url.search || url.hash
+    if (bad) throw new ConfigError(`${field} entry ${i + 1} is not a credential: expected https://TOKEN@host or https://user:token@host (optionally host:port), one a line (or separated by spaces or commas)`)
+    const u = url as URL
+    const decode = (s: string) => { try { return decodeURIComponent(s) } catch { return s } }
+    const token = !u.password
+    if (out.some((c) => c.protocol === u.protocol && c.host === u.host)) throw new ConfigError(`${field} entry ${i + 1}: a second credential for ${u.host}; give one per host`)
+    out.push({ protocol: u.protocol as GitCredential['protocol'], host: u.host, username: token ? TOKEN_USERNAME : decode(u.username), password: decode(token ? u.username : u.password) })
+  }
+  return out
+}
+
+/** Parses RUNNER_GIT_AUTHOR (`Name <email>`). */
+export function parseGitAuthor (value: string): { name: string, email: string } {
+  const m = /^([^<>\n]*[^<>\s])\s*<([^<>\s@]+@[^<>\s@]+)>$/.exec(value.trim())
+  if (!m) throw new ConfigError(`RUNNER_GIT_AUTHOR="${value}" is not a git author: expected Name <email>, such as OpenCode Bot <bot@example.com>`)
+  return { name: m[1].trim(), email: m[2] }
+}
+
 /** Checks RUNNER_EGRESS_ALLOW's entries: host names (`*.` wildcards) with an optional :port, no IP addresses. */
 function parseEgressAllow (value: string): void {
   for (const entry of splitList(value)) {
@@ -244,6 +284,12 @@ export function checkConfig (config: Config): void {
   }
   try {
     parseEgressAllow(config.RUNNER_EGRESS_ALLOW)
+  } catch (err) {
+    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
+  }
+  try {
+    parseGitCredentials(config.GIT_CREDENTIALS)
+    parseGitAuthor(config.RUNNER_GIT_AUTHOR)
   } catch (err) {
     throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
   }

@@ -107,6 +107,11 @@ export function notificationText (task: TaskRecord): string {
     answer ? `Summary: ${answer.length > 1_500 ? answer.slice(0, 1_500) + '…' : answer}` : null,
     task.error ? `Error: ${task.error}` : null,
     task.result?.files_changed.length ? `Files changed: ${task.result.files_changed.slice(0, 20).join(', ')}` : null,
+    task.push
+      ? task.push.error
+        ? `Push to branch ${task.push.branch} failed (${task.push.error}): ${task.push.message ?? ''} — get the change with get_task_patch.`
+        : `Pushed branch ${task.push.branch} (commit ${task.push.commit})${task.push.url ? `: ${task.push.url}` : ''}.`
+      : null,
     `Full result: call get_task_status with task_id "${task.id}"; get_task_history, get_task_files, read_task_file and get_task_diff give the details. ` +
       `Follow up with send_task_message. Its memory block is ${blockLabel(task.id)}.`,
     notificationRef(task)

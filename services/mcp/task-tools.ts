@@ -74,7 +74,12 @@ const OpencodeExecuteTaskInput = z.object({
   model: z.string().min(3).max(200).optional().describe('provider/model for this task, from the server\'s allow-list (RUNNER_MODELS_ALLOWED)'),
   repository: z.object({
     url: z.string().min(1).max(2_000).describe('A network git URL (https://…, ssh://…, git@host:path)'),
-    branch: z.string().min(1).max(250).regex(/^[^\s-][^\s]*$/).optional().describe('Branch or tag to clone (default: the remote\'s default)')
+    branch: z.string().min(1).max(250).regex(/^[^\s-][^\s]*$/).optional().describe('Branch or tag to clone (default: the remote\'s default)'),
+    push: z.object({
+      branch: z.string().min(1).max(200).describe('The branch to push to (a valid git branch name)'),
+      commit_message: z.string().min(1).max(10_000).optional().describe('The commit message (default: the task\'s first line and id)'),
+      force: z.boolean().optional().describe('Overwrite the branch if it exists (default false); the remote\'s default branch is never force-pushed')
+    }).optional().describe('When a turn completes with changes, commit them (author RUNNER_GIT_AUTHOR) and push them to this branch of the repository; the result is in the task\'s push and pushed_branch. Needs a GIT_CREDENTIALS entry for the host. A failed push does not fail the task')
   }).optional().describe('A git repository cloned into the workspace before the agent starts'),
   files: z.array(z.object({
     path: z.string().min(1).max(1_000).describe('Path relative to the workspace'),
@@ -184,6 +189,14 @@ const ReadTaskFileOutput = z.object({
   binary: z.boolean(),
   encoding: z.enum(['utf8', 'base64']),
   content: z.string()
+})
+const GetTaskPatchInput = z.object({ task_id: taskId })
+const GetTaskPatchOutput = z.object({
+  task_id: z.string(),
+  status: z.enum(TASK_STATUSES),
+  patch: z.string().describe('A git format-patch series (mbox): apply it with git am on the original commit'),
+  commits: z.number().describe('Commits in the series'),
+  truncated: z.boolean().describe('True when the series was cut at 1 MiB (it does not apply then)')
 })
 const GetTaskDiffInput = z.object({ task_id: taskId })
 const GetTaskDiffOutput = z.object({ task_id: z.string(), status: z.enum(TASK_STATUSES), diff: z.string().nullable(), truncated: z.boolean(), hint: z.string().optional() })
@@ -393,6 +406,22 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     try {
       return jsonResult({ task_id: id, ...await tasks.readFile(principal, id, workspacePath(given)), file_path: given })
+    } catch (err) {
+      return fromError(err)
+    }
+  })
+
+  server.registerTool('get_task_patch', {
+    title: 'Task patch',
+    description: 'The changes an ended task made to its cloned repository as a git format-patch series from the original commit ' +
+      '(the workspace\'s changes committed first, author RUNNER_GIT_AUTHOR; the remote is not touched), for `git am`. Capped at 1 MiB (truncated).',
+    inputSchema: GetTaskPatchInput,
+    outputSchema: GetTaskPatchOutput,
+    annotations: { readOnlyHint: true }
+  }, async ({ task_id: id }) => {
+    try {
+      const { task, patch, commits, truncated } = await tasks.patch(principal, id)
+      return jsonResult({ task_id: id, status: task.status, patch, commits, truncated })
     } catch (err) {
       return fromError(err)
     }

@@ -7,6 +7,7 @@ import type { Config } from '../config.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from './container-spec.js'
 import { TaskError } from '../errors.js'
+import { BASE_REF, type HelperRun } from './push.js'
 import { confine, listFiles, mountPointsArchive, readFile, seedArchive, WorkspaceError, workspaceVolume, type FileEntry } from './workspace.js'
 
 type WorkspaceConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
@@ -63,7 +64,9 @@ export class Workspaces {
   async prepare (task: WorkspaceTask): Promise<void> {
     if (task.repository) {
       const { url, branch } = task.repository
-      const clone = await this.helper(task, ['git'], ['clone', '--single-branch', ...(branch ? ['--branch', branch] : []), '--', url, '/workspace'], true)
+      // the original commit is kept as BASE_REF: a patch or a push is made from it
+      const script = `git clone --single-branch \${2:+--branch "$2"} -- "$1" /workspace && git -C /workspace update-ref ${BASE_REF} HEAD`
+      const clone = await this.helper(task, ['sh', '-c'], [script, 'clone', url, branch ?? ''], true)
       if (clone.exitCode !== 0) throw new Error(`git clone of ${url}${branch ? ` (branch ${branch})` : ''} failed: ${clone.output.trim().slice(-500)}`)
     }
   }
@@ -163,15 +166,24 @@ export class Workspaces {
     }
   }
 
-  private spec (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean) {
-    const spec = containerSpec(this.config, { id: task.id, agent_id: task.agent_id, argv, entrypoint, role: 'helper' }, this.owner)
+  /** A shell script in a helper container on the task's volumes (push, patch), with its own environment. */
+  scriptRunner (task: WorkspaceTask): HelperRun {
+    return async (script, args, opts) => {
+      if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${task.id}'s workspace was removed after WORKSPACE_RETENTION_MS (${this.config.WORKSPACE_RETENTION_MS} ms)`)
+      if (task.turns === 0) throw new TaskError('conflict', `Task ${task.id} has not started yet; its workspace does not exist until it does`)
+      return this.helper(task, ['sh', '-c'], [script, 'lop', ...args], opts.network, opts.env)
+    }
+  }
+
+  private spec (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean, env?: string[]) {
+    const spec = containerSpec(this.config, { id: task.id, agent_id: task.agent_id, argv, entrypoint, role: 'helper', env }, this.owner)
     if (!network && spec.HostConfig) spec.HostConfig.NetworkMode = 'none'
     return spec
   }
 
   /** A short-lived helper container on the task's volumes: started, awaited, its output read, removed. */
-  private async helper (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean): Promise<{ exitCode: number, output: string }> {
-    const { Id } = await this.docker.createContainer(this.spec(task, entrypoint, argv, network))
+  private async helper (task: WorkspaceTask, entrypoint: string[], argv: string[], network: boolean, env?: string[]): Promise<{ exitCode: number, output: string }> {
+    const { Id } = await this.docker.createContainer(this.spec(task, entrypoint, argv, network, env))
     const timeout = AbortSignal.timeout(HELPER_TIMEOUT_MS)
     try {
       await this.own(Id)

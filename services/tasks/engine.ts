@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events'
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
-import { ConfigError, splitList } from '../config.js'
+import { ConfigError, parseGitAuthor, parseGitCredentials, splitList, type GitCredential } from '../config.js'
 import type { LogChunk } from '../docker/demux.js'
 import type { DockerEngine } from '../docker/engine.js'
 import { VERSION_TIMEOUT_MS, type RunnerImageProbe } from '../runner/image.js'
@@ -21,6 +21,7 @@ import { Workspaces } from '../runner/workspaces.js'
 import { parseAllowList, ruleText, widening } from '../runner/egress.js'
 import { containerSpec, LABEL, SERVICE_LABEL } from '../runner/container-spec.js'
 import { followLog, readLogRange } from '../runner/output.js'
+import { branchProblem, credentialFor, Shipper, type PushRequest } from '../runner/push.js'
 import { dailyMessage, dailyOver, dailyRefusal, DAY_MS, exhausted, overLimits, spentOf, taskLimits } from './budget.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
 import { transition, turnEnd } from './lifecycle.js'
@@ -32,7 +33,7 @@ export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'R
 'RUNNER_USER' | 'RUNNER_STOP_GRACE_S' | 'RUNNER_TIMEOUT_MS' | 'RUNNER_MAX_TIMEOUT_MS' | 'MAX_CONCURRENT_TASKS' | 'MAX_QUEUED_TASKS' |
 'ENFORCE_IDEMPOTENCY' | 'IDEMPOTENCY_TTL_MS' | 'TASK_OUTPUT_LIMIT' | 'TASK_LOG_LIMIT' | 'DATA_DIR' | 'ORPHAN_GRACE_MS' | 'SHUTDOWN_GRACE_MS' |
 'RUNNER_MODEL' | 'RUNNER_MODELS_ALLOWED' | 'RUNNER_OPENCODE_CONFIG_DIR' | 'RUNNER_READ_ONLY_ROOTFS' | 'RUNNER_TMPFS_SIZE' | 'RUNNER_IDLE_TIMEOUT_MS' | 'MAX_TASK_FILE_SIZE' | 'WORKSPACE_RETENTION_MS' |
-'TASK_RETENTION_MS' | 'RUNNER_EGRESS' | 'RUNNER_EGRESS_ALLOW' | 'RUNNER_MAX_COST' | 'RUNNER_MAX_TOKENS' | 'RUNNER_MAX_STEPS' | 'AGENT_DAILY_COST' | 'PRINCIPAL_DAILY_COST'>
+'TASK_RETENTION_MS' | 'RUNNER_GIT_AUTHOR' | 'GIT_CREDENTIALS' | 'RUNNER_EGRESS' | 'RUNNER_EGRESS_ALLOW' | 'RUNNER_MAX_COST' | 'RUNNER_MAX_TOKENS' | 'RUNNER_MAX_STEPS' | 'AGENT_DAILY_COST' | 'PRINCIPAL_DAILY_COST'>
 
 export interface Logger { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
 
@@ -42,7 +43,8 @@ export interface SubmitArgs {
   idempotency_key?: string
   timeout_ms?: number
   model?: string
-  repository?: { url: string, branch?: string }
+  /** `push`: commit the changes and push them to this branch when a turn completes (RUNNER_GIT_AUTHOR, GIT_CREDENTIALS). */
+  repository?: { url: string, branch?: string, push?: PushRequest }
   files?: Array<{ path: string, content: string }>
   /** The original contract's observers: recorded in the queued event and the task view. */
   observers?: string[]
@@ -77,6 +79,12 @@ export interface TaskEngineEvents {
 const endingOf = (run: Run): EndReason | undefined => run.ending
 
 const SEED_LIMIT = 1024 * 1024
+
+/** The default commit message of a task's changes: its first line, and where it came from. */
+function commitMessage (task: TaskRecord): string {
+  const first = task.description.split('\n')[0].trim()
+  return `${first.length > 72 ? first.slice(0, 71) + '…' : first}\n\nMade by OpenCode task ${task.id} (letta-opencode-plugin).\n`
+}
 const EVENTS_PER_TURN = 2_000
 
 export class TaskEngine extends EventEmitter<TaskEngineEvents> {
@@ -89,6 +97,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly logDir: string
   private readonly modelsAllowed: Set<string>
   readonly workspaces: Workspaces
+  private readonly shipper: Shipper
+  /** GIT_CREDENTIALS, parsed: the hosts a push may go to. */
+  private readonly credentials: GitCredential[]
+  /** Values never shown: RUNNER_ENV_PASSTHROUGH's and the push credentials (GIT_CREDENTIALS). */
+  private readonly secrets: string[]
   private accepting = true
   /** The reconcile that runs now, if one does. */
   private reconciling?: Promise<number>
@@ -121,6 +134,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     mkdirSync(this.logDir, { recursive: true })
     this.modelsAllowed = new Set([config.RUNNER_MODEL, ...splitList(config.RUNNER_MODELS_ALLOWED)].filter(Boolean))
     this.workspaces = new Workspaces(docker, config, store.owner)
+    this.credentials = parseGitCredentials(config.GIT_CREDENTIALS)
+    this.secrets = [...Object.values(runnerEnv), ...Shipper.secretsOf(this.credentials)]
+    this.shipper = new Shipper({ author: parseGitAuthor(config.RUNNER_GIT_AUTHOR), credentials: this.credentials }, this.secrets)
   }
 
   get owner (): string { return this.store.owner }
@@ -174,7 +190,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       throw new TaskError('invalid', `timeout_ms=${timeout} is above the limit of ${this.config.RUNNER_MAX_TIMEOUT_MS} (RUNNER_MAX_TIMEOUT_MS); ask for less`)
     }
     const model = this.checkModel(args.model)
-    const repository = args.repository ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null } : null
+    const repository = args.repository
+      ? { url: this.workspaces.checkRepository(args.repository.url), branch: args.repository.branch ?? null, ...(args.repository.push ? { push: this.checkPush(args.repository.url, args.repository.push) } : {}) }
+      : null
     const seed = args.files?.length ? this.checkSeed(args.files) : null
     const agentId = args.agent_id ?? caller.agentId ?? null
     const limits = taskLimits(this.config, args)
@@ -288,6 +306,17 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         : `model "${model}" is not allowed here: this server runs OpenCode's configured model only (set RUNNER_MODELS_ALLOWED to offer a choice)`)
     }
     return model
+  }
+
+  /** repository.push: a valid branch name, and a credential for an http(s) remote's host. */
+  private checkPush (url: string, push: PushRequest): PushRequest {
+    const problem = branchProblem(push.branch)
+    if (problem) throw new TaskError('invalid', `repository.push.branch "${push.branch}" is not a branch name: it ${problem}`)
+    if (!/^https?:\/\//.test(url)) throw new TaskError('invalid', `repository.push needs an http(s) repository URL (credentials come from GIT_CREDENTIALS); "${url}" is not one`)
+    if (!credentialFor(this.credentials, url)) {
+      throw new TaskError('invalid', `repository.push: the server has no push credential for ${new URL(url).host} (GIT_CREDENTIALS); leave push out and use get_task_patch`)
+    }
+    return { branch: push.branch, commit_message: push.commit_message ?? null, force: push.force ?? false }
   }
 
   /** A task's egress_allow: well-formed names within RUNNER_EGRESS_ALLOW, as rule texts. */
@@ -505,7 +534,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       outputLimit: this.config.TASK_OUTPUT_LIMIT,
       logPath: this.logPath(id),
       logLimit: this.config.TASK_LOG_LIMIT,
-      secrets: Object.values(this.runnerEnv),
+      secrets: this.secrets,
       previous: task.result,
       append: task.turns > 1
     }, record)
@@ -525,6 +554,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const task = await this.store.get(id) as TaskRecord
     const { status, error } = turnEnd(outcome, task.timeout_ms, this.config)
     const diff = status !== 'cancelled' ? await this.workspaces.diff(task, (s) => capture.redact(s)).catch(() => null) : null
+    if (status === 'completed') await this.ship(task)
     // the check and the terminal write are one step of the task: message() cannot slip in between
     return this.finish(id, {
       status,
@@ -536,6 +566,21 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       output_bytes: capture.output.total,
       ...(diff ? { diff: diff.text, diff_truncated: diff.truncated } : {})
     }, () => live.remove(), () => this.continues(id, live, outcome))
+  }
+
+  /**
+   * repository.push: a completed turn's changes committed and pushed, before the end is announced
+   * (the view, the tool result and Letta carry it). A failure is the push's own (`push.error`),
+   * never the task's.
+   */
+  private async ship (task: TaskRecord): Promise<void> {
+    const request = task.repository?.push
+    if (!request) return
+    const message = request.commit_message ?? commitMessage(task)
+    const push = await this.shipper.push(this.workspaces.scriptRunner(task), task.repository!.url, request, message, task.push ?? null)
+    await this.store.update(task.id, { push })
+    await this.store.addEvent(task.id, push.error ? 'push_failed' : 'pushed', push.error ? { branch: push.branch, error: push.error, message: push.message } : { branch: push.branch, commit: push.commit, url: push.url })
+    this.log.info({ taskId: task.id, branch: push.branch, commit: push.commit, error: push.error }, push.error ? 'push failed' : 'changes pushed')
   }
 
   /**
@@ -634,7 +679,24 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   async readFile (principal: string, id: string, path: string) {
     const task = await this.get(principal, id)
     const file = await this.whileReading(id, () => this.workspaces.read(task, this.live.get(id)?.containerId, path))
-    return redactFile(file, Object.values(this.runnerEnv))
+    return redactFile(file, this.secrets)
+  }
+
+  /**
+   * The task's changes since the original commit as a `git format-patch` series (committed in a
+   * helper container when needed; the remote is not touched), capped at PATCH_LIMIT.
+   */
+  async patch (principal: string, id: string): Promise<{ task: TaskRecord, patch: string, truncated: boolean, commits: number }> {
+    const task = await this.get(principal, id)
+    if (!task.repository) throw new TaskError('conflict', `Task ${id} has no cloned repository: its files are read with get_task_files and read_task_file`)
+    if (!TERMINAL.has(task.status)) throw new TaskError('conflict', `Task ${id} is ${task.status}; the patch is made once it has ended`)
+    const message = task.repository.push?.commit_message ?? commitMessage(task)
+    const made = await this.whileReading(id, () => this.shipper.patch(this.workspaces.scriptRunner(task), message)).catch((err: Error) => {
+      // the engine's own errors as they are; a git failure in the helper is the workspace's state, not a server error
+      if (err instanceof TaskError || err.name === 'DockerError') throw err
+      throw new TaskError('conflict', err.message)
+    })
+    return { task, ...made }
   }
 
   /** Marks the task's workspace as being read (its helper container is not an orphan meanwhile). */

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto'
 import { existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
-import type { ListFilter, Spending, SpendRow, TaskFields, TaskStore } from './store.js'
+import { CONTENT_COLUMNS, JSON_COLUMNS, RETENTION_BATCH, type ListFilter, type Spending, type SpendRow, type TaskFields, type TaskStore } from './store.js'
 import type { TaskEvent, TaskRecord, TaskStatus } from './types.js'
 
 const MIGRATIONS: string[] = [
@@ -105,7 +105,9 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (task_id, step)
    );
    CREATE INDEX spend_principal ON spend (principal, at);
-   CREATE INDEX spend_agent ON spend (principal, agent_id, at);`
+   CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
+  // repository.push: the outcome of a task's last push (SQLite migration 11)
+  'ALTER TABLE tasks ADD COLUMN push JSON;'
 ]
 
 /** How long a new connection may take before the start or the query fails. */
@@ -114,10 +116,6 @@ const CONNECT_TIMEOUT_MS = 20_000
 /** The advisory lock key the migrations run under (any constant; 'lop-migrate' in ASCII). */
 const MIGRATION_LOCK = 0x6c6f706d
 
-/** The large columns of a task (task_content), its JSON and boolean columns, as in SQLite. */
-const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
-const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow'] as const
-const RETENTION_BATCH = 1_000
 const ENDED = "('completed', 'failed', 'timeout', 'cancelled')"
 
 const LETTA_COLUMNS = `l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,

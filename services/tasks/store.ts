@@ -125,14 +125,16 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_principal ON spend (principal, at);
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
   // egress: a task's own allow-list (narrower than RUNNER_EGRESS_ALLOW; null: the server's)
-  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;'
+  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;',
+  // repository.push: the last push of a task's changes (branch, commit, url, error), as JSON
+  'ALTER TABLE tasks ADD COLUMN push TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */
-const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
+export const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
-const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow'] as const
+export const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow', 'push'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */
@@ -148,7 +150,7 @@ const SELECT_LISTED = `SELECT t.*, NULL AS output, NULL AS seed, CASE WHEN t.has
   FROM tasks t LEFT JOIN letta_sync l ON l.task_id = t.id`
 
 /** Rows deleted per transaction by retention (a long backlog is worked off over several runs). */
-const RETENTION_BATCH = 1_000
+export const RETENTION_BATCH = 1_000
 
 type Row = Record<string, unknown>
 function toRecord (r: Row | undefined): TaskRecord | undefined {

@@ -1,5 +1,6 @@
 /** Task records and states, shared by the store, the engine, the tools and the routes. */
 import type { RunResult } from '../runner/opencode.js'
+import type { PushRequest, PushResult } from '../runner/push.js'
 
 export const TASK_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'timeout', 'cancelled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
@@ -46,7 +47,8 @@ export interface TaskRecord {
   pending: string[]
   /** Who else follows the task (the original contract's `observers`): recorded, shown in the view. */
   observers: string[]
-  repository: { url: string, branch: string | null } | null
+  /** The cloned repository; `push`: the branch its changes are pushed to when a turn completes. */
+  repository: { url: string, branch: string | null, push?: PushRequest | null } | null
   seed: Array<{ path: string, content: string }> | null
   diff: string | null
   diff_truncated: boolean
@@ -57,6 +59,8 @@ export interface TaskRecord {
   spent?: Spent | null
   /** The task's own egress allow-list (RUNNER_EGRESS=allowlist), narrower than the server's; null: the server's. */
   egress_allow?: string[] | null
+  /** The last push of the task's changes (repository.push): the branch and commit, or why it failed. */
+  push?: PushResult | null
   /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */

@@ -44,6 +44,15 @@ export const TaskViewSchema = Type.Object({
     spent: Type.Object({ cost: Type.Number(), tokens: Type.Integer({ description: 'input + output' }), steps: Type.Integer() })
   }, { description: 'The task\'s limits (null: none) and what it spent so far over all its turns; null when the task has no budget' })),
   egress_allow: Nullable(Type.Array(Type.String(), { description: 'The task\'s own egress allow-list (a subset of RUNNER_EGRESS_ALLOW); null: the server\'s list' })),
+  push: Nullable(Type.Object({
+    branch: Type.String(),
+    commit: Nullable(Type.String({ description: 'The commit on the branch' })),
+    url: Nullable(Type.String({ description: 'The branch on the forge\'s web UI, when it can be derived from the remote' })),
+    error: Nullable(Type.String({ description: 'Why the push failed: auth, rejected, exists, default_branch, network, no_changes, error (the task is not failed by it)' })),
+    message: Nullable(Type.String()),
+    at: Type.String({ format: 'date-time' })
+  }, { description: 'repository.push: the last push of the task\'s changes (made when a turn completes); null before one or without push' })),
+  pushed_branch: Nullable(Type.String({ description: 'The branch the changes were pushed to (push.branch when push.error is null)' })),
   workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
@@ -105,6 +114,8 @@ export function taskView (t: TaskRecord): TaskView {
     observers: t.observers ?? [],
     budget: t.limits ? { ...t.limits, spent: t.spent ?? spentOf(t) } : null,
     egress_allow: t.egress_allow ?? null,
+    push: t.push ? { ...t.push, at: new Date(t.push.at).toISOString() } : null,
+    pushed_branch: t.push && !t.push.error ? t.push.branch : null,
     workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
@@ -118,6 +129,8 @@ export function eventSummary (e: TaskEvent): string {
   if (e.type === 'step_start') return `step ${d.step ?? ''}`.trim()
   if (e.type === 'events_dropped') return `events_dropped: ${d.dropped} agent events of this turn were not stored`
   if (e.type === 'message_queued' && d.message_type) return `message_queued (${d.message_type}): ${d.message}`
+  if (e.type === 'pushed') return `pushed: ${d.branch} at ${String(d.commit).slice(0, 12)}`
+  if (e.type === 'push_failed') return `push_failed (${d.error}): ${d.message ?? d.branch}`
   if (e.type === 'egress_denied') return `egress_denied: ${d.host}:${d.port} (${d.reason})`
   return [e.type, d.reason, d.error, d.message].filter(Boolean).join(': ')
 }
