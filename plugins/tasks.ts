@@ -4,13 +4,16 @@
  * drain runs first on close. The RUNNER_IMAGE check (`runnerImage`) runs at start and on the engine
  * probe's cadence; the engine refuses tasks while it finds the image unusable.
  */
+import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
-import { Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
+import { addUsage, Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
 
 const EGRESS_EVENTS_PER_TASK = 100
+/** How often the egress proxy's per-task counts are added to the store (batched, not per connection). */
+const EGRESS_FLUSH_MS = 2_000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -33,22 +36,28 @@ export default fp(async (fastify) => {
   let egress: Egress | undefined
   if (fastify.config.RUNNER_EGRESS === 'allowlist') {
     egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP),
-      (taskId) => { const own = store.get(taskId)?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
+      (taskId) => { const own = store.get(taskId)?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined },
+      { serviceContainer: fastify.config.RUNNER_EGRESS_SERVICE_CONTAINER })
     const runtime = await egress.start()
     const proxy = egress
+    // runners reach the proxy's address and nothing else of the service: a connection to the service's
+    // own port (MCP_HOST=0.0.0.0, or the Compose stack) from another address there (a runner's) is closed before it is read
+    fastify.server.on('connection', (socket: Socket) => {
+      const local = socket.localAddress?.replace(/^::ffff:/, '')
+      if (local === proxy.address && socket.remoteAddress?.replace(/^::ffff:/, '') !== local) socket.destroy()
+    })
     // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
     // in a loop does not flood its history; /metrics counts every refusal
     const deniedPerTask = new Map<string, number>()
     proxy.proxy.on('denied', (d) => {
       const at = new Date().toISOString()
-      proxy.taskOf(d.address).then((taskId) => {
-        const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
-        if (deniedPerTask.size > 10_000) deniedPerTask.clear()
-        deniedPerTask.set(taskId ?? '', n)
-        if (n > EGRESS_EVENTS_PER_TASK) return
-        fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
-        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
-      }, (err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task'))
+      const taskId = d.task
+      const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
+      if (deniedPerTask.size > 10_000) deniedPerTask.clear()
+      deniedPerTask.set(taskId ?? '', n)
+      if (n > EGRESS_EVENTS_PER_TASK) return
+      fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
+      if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
     })
     fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
   }
@@ -59,6 +68,16 @@ export default fp(async (fastify) => {
   fastify.decorate('taskStore', store)
   fastify.decorate('runnerImage', runnerImage)
   fastify.decorate('egress', egress)
+  /** The egress counts since the last flush, added to each task's stored `egress` (the store's only egress call). */
+  const flushEgress = () => {
+    for (const [taskId, delta] of egress?.takeUsage() ?? []) {
+      const task = store.get(taskId)
+      if (task) store.update(taskId, { egress: addUsage(task.egress, delta) })
+    }
+  }
+  const egressTimer = egress && setInterval(() => {
+    try { flushEgress() } catch (err) { fastify.log.warn({ err }, 'egress counts not stored') }
+  }, EGRESS_FLUSH_MS).unref()
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {
     runnerImage.start()
@@ -74,6 +93,8 @@ export default fp(async (fastify) => {
     runnerImage.stop()
     engine.close()
     await egress?.close()
+    clearInterval(egressTimer)
+    flushEgress()
     store.close()
   })
 }, { name: 'tasks', dependencies: ['config', 'docker'], fastify: '5.x' })

@@ -124,14 +124,16 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_principal ON spend (principal, at);
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
   // egress: a task's own allow-list (narrower than RUNNER_EGRESS_ALLOW; null: the server's)
-  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;'
+  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;',
+  // egress: what a task sent and received through the proxy (JSON: bytes_out, bytes_in, connections, denied, hosts)
+  'ALTER TABLE tasks ADD COLUMN egress TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */
 const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
-const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow'] as const
+const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow', 'egress'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */

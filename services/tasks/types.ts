@@ -1,4 +1,5 @@
 /** Task records and states, shared by the store, the engine, the tools and the routes. */
+import type { EgressUsage } from '../runner/egress.js'
 import type { RunResult } from '../runner/opencode.js'
 
 export const TASK_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'timeout', 'cancelled'] as const
@@ -57,6 +58,8 @@ export interface TaskRecord {
   spent?: Spent | null
   /** The task's own egress allow-list (RUNNER_EGRESS=allowlist), narrower than the server's; null: the server's. */
   egress_allow?: string[] | null
+  /** What the task sent and received through the egress proxy (RUNNER_EGRESS=allowlist); null: nothing yet. */
+  egress?: EgressUsage | null
   /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */

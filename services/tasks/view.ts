@@ -44,6 +44,13 @@ export const TaskViewSchema = Type.Object({
     spent: Type.Object({ cost: Type.Number(), tokens: Type.Integer({ description: 'input + output' }), steps: Type.Integer() })
   }, { description: 'The task\'s limits (null: none) and what it spent so far over all its turns; null when the task has no budget' })),
   egress_allow: Nullable(Type.Array(Type.String(), { description: 'The task\'s own egress allow-list (a subset of RUNNER_EGRESS_ALLOW); null: the server\'s list' })),
+  egress: Nullable(Type.Object({
+    bytes_out: Type.Integer({ description: 'Bytes sent to allowed hosts (headers and TLS included)' }),
+    bytes_in: Type.Integer({ description: 'Bytes received from them' }),
+    connections: Type.Integer({ description: 'Allowed connections (closed ones; counted when they close)' }),
+    denied: Type.Integer({ description: 'Refused attempts' }),
+    hosts: Type.Record(Type.String(), Type.Integer(), { description: 'Allowed connections by host:port' })
+  }, { description: 'What the task sent and received through the egress proxy (RUNNER_EGRESS=allowlist), written every few seconds; null: nothing yet' })),
   workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
@@ -105,6 +112,7 @@ export function taskView (t: TaskRecord): TaskView {
     observers: t.observers ?? [],
     budget: t.limits ? { ...t.limits, spent: t.spent ?? spentOf(t) } : null,
     egress_allow: t.egress_allow ?? null,
+    egress: t.egress ?? null,
     workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
