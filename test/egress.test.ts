@@ -258,7 +258,7 @@ t.test('a task narrows the allow-list with egress_allow (never widens it): the r
   t.match((open.content as Array<{ text: string }>)[0].text, /egress_allow needs RUNNER_EGRESS=allowlist on the server \(it is open\)/)
 })
 
-t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW stops start-up', async (t) => {
+t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW or RUNNER_EGRESS_SERVICE_CONTAINER stops start-up', async (t) => {
   buildShellImage()
   const { url } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_NETWORK: 'bridge', RUNNER_EGRESS: 'none', RUNNER_MEMORY_LIMIT: '64m' } })
   const { client } = await connect(t, url, { 'x-agent-id': 'agent-egress' })
@@ -266,6 +266,12 @@ t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW stops s
   t.equal(done.output, 'lo\n')
   await t.rejects(listen(t, { env: { RUNNER_EGRESS_ALLOW: 'api.example.com,10.1.2.3' } }), /RUNNER_EGRESS_ALLOW entry "10\.1\.2\.3" is not a host name/)
   await t.rejects(listen(t, { env: { RUNNER_EGRESS: 'closed' } }), /RUNNER_EGRESS="closed": expected open \(RUNNER_NETWORK/)
+  await t.rejects(listen(t, { env: { RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_SERVICE_CONTAINER: `lop-no-such-container-${process.pid}` } }),
+    /RUNNER_EGRESS_SERVICE_CONTAINER="lop-no-such-container-\d+" is not a running container on this Docker engine/)
+  const { app } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_SERVICE_CONTAINER: 'host' } })
+  const gateway = (await engine.inspectNetwork(app.egress?.network ?? ''))?.IPAM.Config?.[0]?.Gateway
+  t.equal(app.egress?.address, gateway, 'host: the proxy listens on the gateway')
+  t.equal(app.egress?.container, undefined)
 })
 
 t.test('the real OpenCode CLI reaches its model through the proxy when the model host is allowed, and fails clearly when not', async (t) => {

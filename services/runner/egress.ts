@@ -282,13 +282,13 @@ export class Egress {
   get network (): string { return egressNetworkName(this.owner) }
 
   async start (): Promise<EgressRuntime> {
+    this.container = await serviceContainer(this.docker, this.options.serviceContainer)
     let net = await this.docker.inspectNetwork(this.network)
     if (net && !net.Internal) throw new Error(`Docker network ${this.network} exists but is not internal; remove it (docker network rm ${this.network}) and start again`)
     if (!net) {
       await this.docker.createNetwork({ Name: this.network, Internal: true, Labels: { [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner, [LABEL.role]: 'egress' } })
       net = await this.docker.inspectNetwork(this.network)
     }
-    this.container = await serviceContainer(this.docker, this.options.serviceContainer)
     let address: string | undefined
     if (this.container) {
       // the Compose stack: the gateway is the host's, which the service container does not listen on
