@@ -28,5 +28,6 @@ export default fp(async (fastify) => {
   tasks.on('spent', (task, cost, tokens) => metrics.spent(task, cost, tokens))
   fastify.egress?.proxy.on('denied', (d) => metrics.egressDenied(d.reason))
   fastify.egress?.proxy.on('allowed', (a) => metrics.egressAllowed(a.rule))
+  fastify.egress?.proxy.on('closed', (c) => metrics.egressBytes(c.bytes_out, c.bytes_in))
   fastify.decorate('metrics', metrics)
 }, { name: 'metrics', dependencies: ['docker', 'tasks'], fastify: '5.x' })

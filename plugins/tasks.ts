@@ -4,8 +4,9 @@
  * drain runs first on close. The RUNNER_IMAGE check (`runnerImage`) runs at start and on the engine
  * probe's cadence; the engine refuses tasks while it finds the image unusable.
  */
+import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
-import { Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
+import { addUsage, Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import type { LettaOutboxStore } from '../services/letta/outbox-store.js'
@@ -13,6 +14,8 @@ import type { TaskStore } from '../services/tasks/store.js'
 import { openStores } from '../services/tasks/stores.js'
 
 const EGRESS_EVENTS_PER_TASK = 100
+/** How often the egress proxy's per-task counts are added to the store (batched, not per connection). */
+const EGRESS_FLUSH_MS = 2_000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -38,22 +41,30 @@ export default fp(async (fastify) => {
   let egress: Egress | undefined
   if (fastify.config.RUNNER_EGRESS === 'allowlist') {
     egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP),
-      async (taskId) => { const own = (await store.get(taskId))?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
+      async (taskId) => { const own = (await store.get(taskId))?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined },
+      { serviceContainer: fastify.config.RUNNER_EGRESS_SERVICE_CONTAINER })
     const runtime = await egress.start()
     const proxy = egress
+    // runners reach the proxy's address and nothing else of the service: a connection to the service's
+    // own port (MCP_HOST=0.0.0.0, or the Compose stack) from another address there (a runner's) is closed before it is read
+    fastify.server.on('connection', (socket: Socket) => {
+      const local = socket.localAddress?.replace(/^::ffff:/, '')
+      if (local === proxy.address && socket.remoteAddress?.replace(/^::ffff:/, '') !== local) socket.destroy()
+    })
     // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
     // in a loop does not flood its history; /metrics counts every refusal
     const deniedPerTask = new Map<string, number>()
     proxy.proxy.on('denied', (d) => {
       const at = new Date().toISOString()
-      proxy.taskOf(d.address).then(async (taskId) => {
-        const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
-        if (deniedPerTask.size > 10_000) deniedPerTask.clear()
-        deniedPerTask.set(taskId ?? '', n)
-        if (n > EGRESS_EVENTS_PER_TASK) return
-        fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
-        if (taskId && await store.get(taskId)) await store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
-      }).catch((err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task or not recorded'))
+      const taskId = d.task
+      const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
+      if (deniedPerTask.size > 10_000) deniedPerTask.clear()
+      deniedPerTask.set(taskId ?? '', n)
+      if (n > EGRESS_EVENTS_PER_TASK) return
+      fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
+      if (!taskId) return
+      store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
+        .catch((err: Error) => fastify.log.warn({ err, taskId }, 'egress denial not recorded'))
     })
     fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
   }
@@ -65,6 +76,21 @@ export default fp(async (fastify) => {
   fastify.decorate('lettaOutbox', outbox)
   fastify.decorate('runnerImage', runnerImage)
   fastify.decorate('egress', egress)
+  /**
+   * The egress counts since the last flush, added to each task's stored `egress` (the store's only
+   * egress call). One flush at a time: a slow store never has two read-add-write the same task.
+   */
+  let flushing: Promise<void> = Promise.resolve()
+  const flushEgress = () => {
+    flushing = flushing.then(async () => {
+      for (const [taskId, delta] of egress?.takeUsage() ?? []) {
+        const task = await store.get(taskId)
+        if (task) await store.update(taskId, { egress: addUsage(task.egress, delta) })
+      }
+    }).catch((err: Error) => fastify.log.warn({ err }, 'egress counts not stored'))
+    return flushing
+  }
+  const egressTimer = egress && setInterval(() => { flushEgress().catch(() => {}) }, EGRESS_FLUSH_MS).unref()
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {
     runnerImage.start()
@@ -80,6 +106,8 @@ export default fp(async (fastify) => {
     runnerImage.stop()
     engine.close()
     await egress?.close()
+    clearInterval(egressTimer)
+    await flushEgress()
     await store.close()
   })
 }, { name: 'tasks', dependencies: ['config', 'docker'], fastify: '5.x' })

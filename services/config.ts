@@ -40,6 +40,7 @@ export const ConfigSchema = Type.Object({
     default: 'open', description: 'open (RUNNER_NETWORK as it is), none (no network) or allowlist (only RUNNER_EGRESS_ALLOW, through the service\'s proxy)'
   }),
   RUNNER_EGRESS_ALLOW: Str('', 'a comma list of host names such as api.anthropic.com,*.githubusercontent.com, each optionally with :port (else 443 and 80)'),
+  RUNNER_EGRESS_SERVICE_CONTAINER: Str('', 'empty (found: the container the service runs in, if any), the service\'s own container id or name, or host (the service runs on the host)', { pattern: '^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$' }),
   RUNNER_EGRESS_HOST_MAP: Str('', 'for tests only: a JSON file of host name → address the egress proxy uses instead of DNS, or empty'),
   RUNNER_PIDS_LIMIT: Int(512, 16, 65_536, 'an integer from 16 to 65536'),
   RUNNER_READ_ONLY_ROOTFS: Bool(true, 'true or false (false: the runner\'s root filesystem is writable, for images that need it)'),

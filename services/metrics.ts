@@ -34,6 +34,7 @@ export class Metrics {
   private readonly tokens: Counter<'principal' | 'agent_id'>
   private readonly egressDenials: Counter<'reason'>
   private readonly egressAllows: Counter<'rule'>
+  private readonly egressByteCount: Counter<'direction'>
   /** Read when scraped. */
   readonly gauges: Gauge[]
 
@@ -82,6 +83,7 @@ export class Metrics {
     this.lettaFailures = new Counter({ name: 'lop_letta_failures_total', help: 'Failed Letta calls by kind (block, notification), after retries', labelNames: ['kind'], registers })
     this.egressDenials = new Counter({ name: 'lop_egress_denied_total', help: 'Runner connections refused by the egress proxy, by reason (not_allowed, not_allowed_for_task, ip_address, bad_request)', labelNames: ['reason'], registers })
     this.egressAllows = new Counter({ name: 'lop_egress_allowed_total', help: 'Runner connections let through by the egress proxy, by the RUNNER_EGRESS_ALLOW entry that allowed them', labelNames: ['rule'], registers })
+    this.egressByteCount = new Counter({ name: 'lop_egress_bytes_total', help: 'Bytes runners exchanged with allowed hosts through the egress proxy, by direction (out: sent, in: received), counted when a connection closes', labelNames: ['direction'], registers })
     this.orphans = new Counter({ name: 'lop_orphans_removed_total', help: 'Labelled task containers removed by reconciliation', registers })
     this.cost = new Counter({ name: 'lop_cost_total', help: 'Model cost spent by tasks (as OpenCode reports it), by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
     this.tokens = new Counter({ name: 'lop_tokens_total', help: 'Model tokens (input + output) used by tasks, by principal and agent_id', labelNames: ['principal', 'agent_id'], registers })
@@ -118,6 +120,11 @@ export class Metrics {
 
   egressAllowed (rule: string): void {
     this.egressAllows.inc({ rule })
+  }
+
+  egressBytes (out: number, inbound: number): void {
+    this.egressByteCount.inc({ direction: 'out' }, out)
+    this.egressByteCount.inc({ direction: 'in' }, inbound)
   }
 
   orphanRemoved (): void {

@@ -7,22 +7,19 @@
  */
 import { writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
+import { connect as netConnect, createServer as createNetServer } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { containerSpec, LABEL } from '../services/runner/container-spec.js'
 import { matchRule, parseAllowList, widening } from '../services/runner/egress.js'
 import { startModelServer } from './fixtures/model-server.js'
-import { listen, tempDir } from './helpers/app.js'
+import { build, listen, tempDir } from './helpers/app.js'
 import { engine, TEST_LABEL, waitFor } from './helpers/docker.js'
 import { callTool, connect, toolOk } from './helpers/mcp.js'
 import { opencodeConfigDir } from './helpers/opencode.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
+import { HTTP, PROXY, section } from './helpers/egress.js'
 import { buildShellImage, SHELL_IMAGE } from './helpers/shell-image.js'
-
-/** `http METHOD-LINE HOST PORT`: sends one request line to HOST:PORT and prints the answer, or `connect failed`. */
-const HTTP = String.raw`http () { perl -MIO::Socket::INET -e '($l,$h,$p)=@ARGV; $s=IO::Socket::INET->new(PeerAddr=>$h,PeerPort=>$p,Timeout=>5) or do { print "connect failed\n"; exit 0 }; $l =~ s/\\n/\r\n/g; print $s $l; print while <$s>' "$1" "$2" "$3"; echo; }`
-// the proxy's address and port, from HTTP_PROXY (http://ADDRESS:PORT)
-const PROXY = 'PH=$(echo "$HTTP_PROXY" | sed "s#http://##; s#:.*##"); PP=$(echo "$HTTP_PROXY" | sed "s#.*:##")'
 
 t.test('allow-list entries: names, wildcards, ports; narrowing and widening', async (t) => {
   const rules = parseAllowList('api.example.com, *.cdn.test:8443, git.test:22')
@@ -116,16 +113,16 @@ t.test('allowlist: an allowed host through the proxy, 403 and egress_denied for 
   const done = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true }) as TaskResult)
   t.equal(done.status, 'completed', String(done.error))
   const out = String(done.output)
-  const section = (name: string) => out.split(`== ${name}\n`)[1]?.split('\n== ')[0] ?? ''
+  const part = (name: string) => section(out, name)
   t.match(out, new RegExp(`proxy=http://${gateway.replace(/\./g, '\\.')}:\\d+ https=http://`), 'the proxy variables point at the gateway')
-  t.match(section('allowed'), /200 OK[\s\S]*hello from allowed, host=allowed\.test/)
-  t.match(section('denied'), /^HTTP\/1\.1 403 Forbidden[\s\S]*egress to denied\.test:80 is not allowed/)
-  t.notMatch(section('denied'), /hello/)
-  t.match(section('raw ip'), /^HTTP\/1\.1 403 Forbidden/)
-  t.match(section('tunnel, another Host inside'), /200 Connection Established[\s\S]*hello from allowed, host=denied\.test/, 'the tunnel goes to the allowed host only, whatever is asked inside it')
-  t.match(section('direct other'), /^connect failed/)
-  t.match(section('direct service'), /^connect failed/)
-  t.match(section('dns'), /^no names/)
+  t.match(part('allowed'), /200 OK[\s\S]*hello from allowed, host=allowed\.test/)
+  t.match(part('denied'), /^HTTP\/1\.1 403 Forbidden[\s\S]*egress to denied\.test:80 is not allowed/)
+  t.notMatch(part('denied'), /hello/)
+  t.match(part('raw ip'), /^HTTP\/1\.1 403 Forbidden/)
+  t.match(part('tunnel, another Host inside'), /200 Connection Established[\s\S]*hello from allowed, host=denied\.test/, 'the tunnel goes to the allowed host only, whatever is asked inside it')
+  t.match(part('direct other'), /^connect failed/)
+  t.match(part('direct service'), /^connect failed/)
+  t.match(part('dns'), /^no names/)
 
   type History = { events: Array<{ type: string, data: Record<string, unknown> }> }
   await waitFor(t, 'egress_denied events', async () => {
@@ -143,6 +140,78 @@ t.test('allowlist: an allowed host through the proxy, 403 and egress_denied for 
   t.match(metrics, /lop_egress_allowed_total\{rule="allowed\.test"\} 2/)
 })
 
+t.test('byte counts per task and direction in the task view (HTTP and MCP) and /metrics; the service\'s own port is closed to runners', async (t) => {
+  buildShellImage()
+  const DOWNLOAD = 1_000_000
+  const UPLOAD = 300_000
+  const server = createServer((req, res) => {
+    if (req.url === '/download') { res.end(Buffer.alloc(DOWNLOAD, 'd')); return }
+    let n = 0
+    req.on('data', (c: Buffer) => { n += c.length })
+    req.on('end', () => res.end(`uploaded ${n}\n`))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  const hostMap = join(tempDir(t), 'hosts.json')
+  writeFileSync(hostMap, JSON.stringify({ 'bytes.test': `127.0.0.1:${(server.address() as { port: number }).port}` }))
+  const app = await build(t, {
+    env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_MEMORY_LIMIT: '128m', RUNNER_STOP_GRACE_S: '1', RUNNER_CPU_LIMIT: '0.5', RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_ALLOW: 'bytes.test', RUNNER_EGRESS_HOST_MAP: hostMap }
+  })
+  // the service listens on the egress network's gateway (as MCP_HOST=0.0.0.0 would): a runner that
+  // connects to it is not served; the test's clients are, through a forwarder on loopback (the
+  // connection comes from the gateway's own address; the Host header stays a loopback one)
+  const gateway = app.egress?.address as string
+  await app.listen({ host: gateway, port: 0 })
+  const servicePort = (app.server.address() as { port: number }).port
+  const forwarder = createNetServer((c) => { const s = netConnect(servicePort, gateway); c.pipe(s).pipe(c); s.on('error', () => c.destroy()); c.on('error', () => s.destroy()) })
+  await new Promise<void>((resolve) => forwarder.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { forwarder.close() })
+  const url = `http://127.0.0.1:${(forwarder.address() as { port: number }).port}`
+
+  // a download through the forward proxy (plain HTTP), an upload through a CONNECT tunnel, one refusal
+  const perl = String.raw`perl -MIO::Socket::INET -e '
+    ($h,$p,$up)=@ARGV;
+    $s=IO::Socket::INET->new(PeerAddr=>$h,PeerPort=>$p) or die "no proxy";
+    print $s "GET http://bytes.test/download HTTP/1.0\r\n\r\n"; $n=0; while(($r=sysread($s,$b,65536))>0){$n+=$r} print "downloaded $n\n";
+    $s=IO::Socket::INET->new(PeerAddr=>$h,PeerPort=>$p) or die "no proxy";
+    print $s "CONNECT bytes.test:443 HTTP/1.1\r\nHost: bytes.test:443\r\n\r\n"; while(<$s>){ last if /^\r?$/ }
+    print $s "POST /upload HTTP/1.0\r\nContent-Length: $up\r\n\r\n" . ("u" x $up); print while <$s>;' "$PH" "$PP" ${UPLOAD} 2>&1`
+  const script = [HTTP, PROXY, perl,
+    'echo "== denied"; http "GET http://other.test/ HTTP/1.0\\n\\n" "$PH" "$PP"',
+    `echo "== service"; http "GET /health HTTP/1.0\\n\\n" "$PH" ${servicePort}`].join('\n')
+  const { client } = await connect(t, url, { 'x-agent-id': 'agent-egress' })
+  const done = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true }) as TaskResult)
+  t.equal(done.status, 'completed', String(done.error))
+  const out = String(done.output)
+  t.match(out, /downloaded (\d+)/)
+  t.ok(Number(/downloaded (\d+)/.exec(out)?.[1]) > DOWNLOAD, 'the whole download came through')
+  t.match(out, `uploaded ${UPLOAD}`)
+  t.match(section(out, 'denied'), /^HTTP\/1\.1 403/)
+  t.notMatch(section(out, 'service'), /HTTP|healthy/, 'the service\'s own port on the proxy\'s address answers nothing to a runner')
+
+  type Egress = { bytes_out: number, bytes_in: number, connections: number, denied: number, hosts: Record<string, number> }
+  const view = async () => ((await callTool(client, 'get_task_status', { task_id: done.task_id })).structuredContent as { egress: Egress | null }).egress
+  await waitFor(t, 'both connections and the refusal counted in the task view', async () => {
+    const e = await view()
+    return e !== null && e.connections === 2 && e.denied === 1
+  })
+  const egress = await view() as Egress
+  // each direction: the payload plus the HTTP headers around it (a few hundred bytes)
+  t.ok(egress.bytes_in >= DOWNLOAD && egress.bytes_in < DOWNLOAD + 2048, `bytes_in ${egress.bytes_in} is the download (${DOWNLOAD}) and its headers`)
+  t.ok(egress.bytes_out >= UPLOAD && egress.bytes_out < UPLOAD + 2048, `bytes_out ${egress.bytes_out} is the upload (${UPLOAD}) and its headers`)
+  t.same(egress.hosts, { 'bytes.test:80': 1, 'bytes.test:443': 1 }, 'allowed connections by host:port')
+  const http = await (await fetch(`${url}/tasks/${done.task_id}`)).json() as { egress: Egress }
+  t.same(http.egress, egress, 'the HTTP view shows the same counts')
+  const metrics = await app.metrics.text()
+  t.equal(Number(/lop_egress_bytes_total\{direction="in"\} (\d+)/.exec(metrics)?.[1]), egress.bytes_in, 'metrics: bytes in')
+  t.equal(Number(/lop_egress_bytes_total\{direction="out"\} (\d+)/.exec(metrics)?.[1]), egress.bytes_out, 'metrics: bytes out')
+
+  const { url: openUrl } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE } })
+  const openClient = (await connect(t, openUrl)).client
+  const plain = await settled(openClient, await toolOk(openClient, 'opencode_execute_task', { task_description: 'echo hi', sync: true }) as TaskResult)
+  t.equal((plain as unknown as { egress: unknown }).egress, null, 'without the proxy: null')
+})
+
 t.test('a task narrows the allow-list with egress_allow (never widens it): the rest of the server\'s list is refused to it', async (t) => {
   buildShellImage()
   const allowed = createServer((req, res) => res.end(`hello from ${req.headers.host}\n`))
@@ -158,7 +227,6 @@ t.test('a task narrows the allow-list with egress_allow (never widens it): the r
   const script = [HTTP, PROXY,
     'echo "== one"; http "GET http://one.test/ HTTP/1.0\\n\\n" "$PH" "$PP"',
     'echo "== two"; http "GET http://two.test/ HTTP/1.0\\n\\n" "$PH" "$PP"'].join('\n')
-  const section = (out: string, name: string) => out.split(`== ${name}\n`)[1]?.split('\n== ')[0] ?? ''
 
   const narrowed = await settled(client, await toolOk(client, 'opencode_execute_task', { task_description: script, sync: true, egress_allow: ['one.test'] }) as TaskResult)
   t.equal(narrowed.status, 'completed', String(narrowed.error))
@@ -190,7 +258,7 @@ t.test('a task narrows the allow-list with egress_allow (never widens it): the r
   t.match((open.content as Array<{ text: string }>)[0].text, /egress_allow needs RUNNER_EGRESS=allowlist on the server \(it is open\)/)
 })
 
-t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW stops start-up', async (t) => {
+t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW or RUNNER_EGRESS_SERVICE_CONTAINER stops start-up', async (t) => {
   buildShellImage()
   const { url } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_NETWORK: 'bridge', RUNNER_EGRESS: 'none', RUNNER_MEMORY_LIMIT: '64m' } })
   const { client } = await connect(t, url, { 'x-agent-id': 'agent-egress' })
@@ -198,6 +266,12 @@ t.test('RUNNER_EGRESS=none: no network at all; a bad RUNNER_EGRESS_ALLOW stops s
   t.equal(done.output, 'lo\n')
   await t.rejects(listen(t, { env: { RUNNER_EGRESS_ALLOW: 'api.example.com,10.1.2.3' } }), /RUNNER_EGRESS_ALLOW entry "10\.1\.2\.3" is not a host name/)
   await t.rejects(listen(t, { env: { RUNNER_EGRESS: 'closed' } }), /RUNNER_EGRESS="closed": expected open \(RUNNER_NETWORK/)
+  await t.rejects(listen(t, { env: { RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_SERVICE_CONTAINER: `lop-no-such-container-${process.pid}` } }),
+    /RUNNER_EGRESS_SERVICE_CONTAINER="lop-no-such-container-\d+" is not a running container on this Docker engine/)
+  const { app } = await listen(t, { env: { RUNNER_IMAGE: SHELL_IMAGE, RUNNER_EGRESS: 'allowlist', RUNNER_EGRESS_SERVICE_CONTAINER: 'host' } })
+  const gateway = (await engine.inspectNetwork(app.egress?.network ?? ''))?.IPAM.Config?.[0]?.Gateway
+  t.equal(app.egress?.address, gateway, 'host: the proxy listens on the gateway')
+  t.equal(app.egress?.container, undefined)
 })
 
 t.test('the real OpenCode CLI reaches its model through the proxy when the model host is allowed, and fails clearly when not', async (t) => {

@@ -321,6 +321,15 @@ export class DockerEngine {
     }
   }
 
+  /** Attaches a running container to a network (the service's own, in the Compose stack). */
+  async connectNetwork (network: string, container: string): Promise<void> {
+    await this.request('POST', `/networks/${encodeURIComponent(network)}/connect`, { body: { Container: container }, ok: [200] })
+  }
+
+  async disconnectNetwork (network: string, container: string): Promise<void> {
+    await this.request('POST', `/networks/${encodeURIComponent(network)}/disconnect`, { body: { Container: container, Force: true }, ok: [200, 404] })
+  }
+
   async removeNetwork (name: string): Promise<void> {
     await this.request('DELETE', `/networks/${encodeURIComponent(name)}`, { ok: [204, 404] })
   }

@@ -2,14 +2,16 @@
  * Egress control for runner containers (RUNNER_EGRESS=allowlist): an internal Docker network that the
  * service creates and labels (no route out), which the runners join, and an HTTP forward proxy run by
  * the service (CONNECT for TLS, absolute-URI requests for plain HTTP), listening on that network's
- * gateway address: the only way out. The proxy resolves names itself and lets through only hosts on
- * RUNNER_EGRESS_ALLOW (exact names or `*.example.com`, optional `:port`, else 443 and 80); a raw IP
- * address as the target is refused. Each refusal is told to `onDenied` with the container's address,
- * which `taskOf` maps to the task through the network's attached containers.
+ * gateway address (in the Compose stack: the service container's address on it): the only way out.
+ * The proxy resolves names itself and lets through only hosts on RUNNER_EGRESS_ALLOW (exact names or
+ * `*.example.com`, optional `:port`, else 443 and 80); a raw IP address as the target is refused.
+ * Each attempt is attributed to its task (`taskOf`: the container's address on the network → its
+ * labels); refusals and closed connections are told to listeners and counted per task.
  */
 import { createHash } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { connect, isIP, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -55,12 +57,30 @@ export function widening (narrow: EgressRule[], wide: EgressRule[]): EgressRule[
   }))
 }
 
-export interface EgressDenial { address: string, host: string, port: number, reason: 'not_allowed' | 'not_allowed_for_task' | 'ip_address' | 'bad_request' }
+/** `task`: the task whose container made the attempt, when the proxy's lookup found it. */
+export interface EgressDenial { address: string, task?: string, host: string, port: number, reason: 'not_allowed' | 'not_allowed_for_task' | 'ip_address' | 'bad_request' }
+export interface EgressAllowed { address: string, task?: string, host: string, port: number, rule: string }
+/** An allowed connection once closed: the bytes exchanged with the outside host (headers and TLS included). */
+export interface EgressClosed { address: string, task?: string, host: string, port: number, bytes_out: number, bytes_in: number }
+
+/** What a task sent and received through the proxy: allowed connections (by `host:port`) and refusals. */
+export interface EgressUsage { bytes_out: number, bytes_in: number, connections: number, denied: number, hosts: Record<string, number> }
+
+/** `a` plus `b` (either may be empty). */
+export function addUsage (a: Partial<EgressUsage> | null | undefined, b: Partial<EgressUsage>): EgressUsage {
+  const hosts = { ...a?.hosts }
+  for (const [h, n] of Object.entries(b.hosts ?? {})) hosts[h] = (hosts[h] ?? 0) + n
+  const sum = (k: 'bytes_out' | 'bytes_in' | 'connections' | 'denied') => (a?.[k] ?? 0) + (b[k] ?? 0)
+  return { bytes_out: sum('bytes_out'), bytes_in: sum('bytes_in'), connections: sum('connections'), denied: sum('denied'), hosts }
+}
+
+/** Who connects from an address: its task, and the task's own (narrower) list if it has one. */
+export type EgressLookup = (address: string) => Promise<{ task?: string, rules?: EgressRule[] }>
 
 /** What a runner container is given: its network and the proxy variables. */
 export interface EgressRuntime { network: string, env: string[] }
 
-export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed: [{ address: string, host: string, port: number, rule: string }] }> {
+export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed: [EgressAllowed], closed: [EgressClosed] }> {
   private server: Server | undefined
   private readonly sockets = new Set<Duplex>()
 
@@ -71,8 +91,8 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
   constructor (
     private readonly rules: EgressRule[],
     private readonly hostMap: Record<string, string> = {},
-    /** The narrower list of the task whose container connects from `address`, if it has one (a task's `egress_allow`). */
-    private readonly narrowedFor?: (address: string) => Promise<EgressRule[] | undefined>
+    /** The task whose container connects from `address` and its narrower list, if it has one (a task's `egress_allow`). */
+    private readonly lookup?: EgressLookup
   ) {
     super()
   }
@@ -92,24 +112,28 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
   }
 
   /**
-   * The rule that allows the target, or the reason it is refused (told to listeners). A task with
-   * its own list must match it as well (looked up only for what the server's list allows; a lookup
-   * that fails refuses).
+   * The allowed connection (its task, for the accounting), or null when the target is refused (told
+   * to listeners). A task with its own list must match it as well; a lookup that fails refuses what
+   * the server's list allows.
    */
-  private async check (address: string, host: string, port: number): Promise<string | null> {
+  private async check (address: string, host: string, port: number): Promise<EgressAllowed | null> {
     const bare = host.replace(/^\[|\]$/g, '')
     let reason: EgressDenial['reason'] | null = !host || !Number.isInteger(port) || port < 1 || port > 65535 ? 'bad_request' : isIP(bare) ? 'ip_address' : null
     const rule = reason ? undefined : matchRule(this.rules, bare, port)
-    if (rule && this.narrowedFor) {
-      const narrowed = await this.narrowedFor(address).catch(() => [])
-      if (narrowed && !matchRule(narrowed, bare, port)) reason = 'not_allowed_for_task'
-    }
+    const who = this.lookup ? await this.lookup(address).catch(() => ({ task: undefined, rules: [] })) : {}
+    if (rule && who.rules && !matchRule(who.rules, bare, port)) reason = 'not_allowed_for_task'
     if (!rule || reason) {
-      this.emit('denied', { address, host: bare, port, reason: reason ?? 'not_allowed' })
+      this.emit('denied', { address, task: who.task, host: bare, port, reason: reason ?? 'not_allowed' })
       return null
     }
-    this.emit('allowed', { address, host: bare, port, rule: ruleText(rule) })
-    return ruleText(rule)
+    const allowed = { address, task: who.task, host: bare, port, rule: ruleText(rule) }
+    this.emit('allowed', allowed)
+    return allowed
+  }
+
+  /** Tells listeners that an allowed connection closed, with the bytes its upstream socket carried. */
+  private closed (c: EgressAllowed, upstream: Socket | undefined): void {
+    this.emit('closed', { address: c.address, task: c.task, host: c.host, port: c.port, bytes_out: upstream?.bytesWritten ?? 0, bytes_in: upstream?.bytesRead ?? 0 })
   }
 
   /** Where to connect for an allowed name: the host map's address, or the name (resolved by the proxy's own DNS). */
@@ -128,11 +152,12 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
     socket.on('error', () => {})
     this.check(address, host, port).then((allowed) => {
       if (!allowed) socket.end(`HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\negress to ${host}:${port} is not allowed (RUNNER_EGRESS_ALLOW or the task's egress_allow)\n`)
-      else this.open(socket, host, port, head)
+      else this.open(socket, allowed, head)
     }, () => socket.destroy())
   }
 
-  private open (socket: Duplex, host: string, port: number, head: Buffer): void {
+  private open (socket: Duplex, allowed: EgressAllowed, head: Buffer): void {
+    const { host, port } = allowed
     const to = this.target(host, port)
     const upstream = connect(to.port, to.host, () => {
       socket.write('HTTP/1.1 200 Connection Established\r\n\r\n')
@@ -141,7 +166,7 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
       socket.pipe(upstream)
     })
     this.sockets.add(upstream)
-    upstream.on('close', () => { this.sockets.delete(upstream); socket.destroy() })
+    upstream.on('close', () => { this.sockets.delete(upstream); socket.destroy(); this.closed(allowed, upstream) })
     upstream.on('error', () => {
       if (!socket.destroyed) socket.end(`HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n${host}:${port} cannot be reached\n`)
     })
@@ -161,12 +186,12 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
     const port = Number(url.port || 80)
     this.check(address, url.hostname, port).then((allowed) => {
       if (!allowed) res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress to ${url.hostname}:${port} is not allowed (RUNNER_EGRESS_ALLOW or the task's egress_allow)\n`)
-      else this.send(req, res, url, port)
+      else this.send(req, res, url, allowed)
     }, () => res.destroy())
   }
 
-  private send (req: IncomingMessage, res: ServerResponse, url: URL, port: number): void {
-    const to = this.target(url.hostname, port)
+  private send (req: IncomingMessage, res: ServerResponse, url: URL, allowed: EgressAllowed): void {
+    const to = this.target(url.hostname, allowed.port)
     const headers: Record<string, string | string[] | undefined> = { ...req.headers, host: url.host }
     for (const h of Object.keys(headers)) if (h.startsWith('proxy-')) delete headers[h]
     for (const h of ['connection', 'keep-alive']) delete headers[h]
@@ -176,7 +201,14 @@ export class EgressProxy extends EventEmitter<{ denied: [EgressDenial], allowed:
       res.writeHead(up.statusCode ?? 502, rest)
       up.pipe(res)
     })
-    upstream.on('error', () => { if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end(`${url.host} cannot be reached\n`); else res.destroy() })
+    // one socket per request (no agent): counted when it closes
+    let counted = false
+    const count = (s?: Socket) => { if (!counted) { counted = true; this.closed(allowed, s) } }
+    upstream.on('socket', (s) => s.on('close', () => count(s)))
+    upstream.on('error', () => {
+      if (!upstream.socket) count()
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end(`${url.host} cannot be reached\n`); else res.destroy()
+    })
     req.pipe(upstream)
   }
 }
@@ -195,43 +227,100 @@ export function readHostMap (file: string): Record<string, string> {
 }
 
 /**
+ * The service's own container on this engine, when it runs in one (the Compose stack): `configured`
+ * (RUNNER_EGRESS_SERVICE_CONTAINER: an id or name, or `host` for none) or else found from the
+ * container id in /proc/self/mountinfo (Docker mounts /etc/hostname and /etc/resolv.conf from
+ * /var/lib/docker/containers/<id>/) or the host name (Docker's default is the short id), and only
+ * if the engine knows it as a running container. undefined: the service runs on the host.
+ */
+export async function serviceContainer (docker: DockerEngine, configured = ''): Promise<string | undefined> {
+  if (configured === 'host') return undefined
+  if (configured) {
+    const info = await docker.inspectContainer(configured).catch(() => undefined)
+    if (!info?.State.Running) throw new ConfigError(`Invalid configuration: RUNNER_EGRESS_SERVICE_CONTAINER="${configured}" is not a running container on this Docker engine; expected the service's own container (id or name), or host`)
+    return info.Id
+  }
+  let mountinfo = ''
+  try { mountinfo = readFileSync('/proc/self/mountinfo', 'utf8') } catch {}
+  const candidates = [...new Set([...mountinfo.matchAll(/\/containers\/([0-9a-f]{64})\//g)].map((m) => m[1]))]
+  if (/^[0-9a-f]{12,64}$/.test(hostname())) candidates.push(hostname())
+  for (const id of candidates) {
+    const info = await docker.inspectContainer(id).catch(() => undefined)
+    if (info?.State.Running) return info.Id
+  }
+  return undefined
+}
+
+/**
  * The network and the proxy, started together: the network is made (or reused) with Internal set and
- * the service's labels, the proxy listens on its gateway address (reachable from the containers on
- * it when the service runs on the host), and runners get HTTP(S)_PROXY pointing there.
+ * the service's labels, and runners get HTTP(S)_PROXY pointing at the proxy. On the host the proxy
+ * listens on the network's gateway address (the host's side of its bridge); in a container (the
+ * Compose stack) the service connects its own container to the network and the proxy listens on
+ * its address there. Connections through the proxy are counted per task (`takeUsage`).
  */
 export class Egress {
   readonly proxy: EgressProxy
   runtime: EgressRuntime | undefined
+  /** The address the proxy listens on: the runners' only way out, and nothing else of the service is reached there. */
+  address: string | undefined
+  /** The service's own container, when it joined the network (the Compose stack). */
+  container: string | undefined
   private readonly tasks = new Map<string, string>()
+  private usage = new Map<string, EgressUsage>()
 
   /** `taskRules`: a task's own (narrower) list, or undefined when it has none. */
   constructor (private readonly docker: DockerEngine, private readonly owner: string, rules: EgressRule[], hostMap: Record<string, string>,
-    taskRules?: (taskId: string) => Promise<EgressRule[] | undefined>) {
-    this.proxy = new EgressProxy(rules, hostMap, taskRules && (async (address) => {
-      const taskId = await this.taskOf(address)
-      return taskId ? await taskRules(taskId) : undefined
-    }))
+    taskRules?: (taskId: string) => Promise<EgressRule[] | undefined>, private readonly options: { serviceContainer?: string } = {}) {
+    this.proxy = new EgressProxy(rules, hostMap, async (address) => {
+      const task = await this.taskOf(address)
+      return { task, rules: task && taskRules ? await taskRules(task) : undefined }
+    })
+    this.proxy.on('closed', (c) => { if (c.task) this.count(c.task, { bytes_out: c.bytes_out, bytes_in: c.bytes_in, connections: 1, hosts: { [`${c.host}:${c.port}`]: 1 } }) })
+    this.proxy.on('denied', (d) => { if (d.task) this.count(d.task, { denied: 1 }) })
   }
 
   get network (): string { return egressNetworkName(this.owner) }
 
   async start (): Promise<EgressRuntime> {
+    this.container = await serviceContainer(this.docker, this.options.serviceContainer)
     let net = await this.docker.inspectNetwork(this.network)
     if (net && !net.Internal) throw new Error(`Docker network ${this.network} exists but is not internal; remove it (docker network rm ${this.network}) and start again`)
     if (!net) {
       await this.docker.createNetwork({ Name: this.network, Internal: true, Labels: { [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner, [LABEL.role]: 'egress' } })
       net = await this.docker.inspectNetwork(this.network)
     }
-    const gateway = net?.IPAM.Config?.find((c) => c.Gateway && isIP(c.Gateway) === 4)?.Gateway
-    if (!gateway) throw new Error(`Docker network ${this.network} has no IPv4 gateway address for the egress proxy to listen on`)
-    const port = await this.proxy.listen(gateway)
-    const url = `http://${gateway}:${port}`
+    let address: string | undefined
+    if (this.container) {
+      // the Compose stack: the gateway is the host's, which the service container does not listen on
+      if (!net?.Containers?.[this.container]) await this.docker.connectNetwork(this.network, this.container)
+      net = await this.docker.inspectNetwork(this.network)
+      address = net?.Containers?.[this.container]?.IPv4Address.split('/')[0]
+      if (!address) throw new Error(`the service's container ${this.container.slice(0, 12)} has no IPv4 address on Docker network ${this.network} for the egress proxy to listen on`)
+    } else {
+      address = net?.IPAM.Config?.find((c) => c.Gateway && isIP(c.Gateway) === 4)?.Gateway
+      if (!address) throw new Error(`Docker network ${this.network} has no IPv4 gateway address for the egress proxy to listen on`)
+    }
+    const port = await this.proxy.listen(address)
+    this.address = address
+    const url = `http://${address}:${port}`
     const noProxy = 'localhost,127.0.0.1,::1'
     this.runtime = {
       network: this.network,
       env: [`HTTPS_PROXY=${url}`, `HTTP_PROXY=${url}`, `https_proxy=${url}`, `http_proxy=${url}`, `NO_PROXY=${noProxy}`, `no_proxy=${noProxy}`]
     }
     return this.runtime
+  }
+
+  /** Adds to a task's usage since the last `takeUsage`. */
+  count (taskId: string, delta: Partial<EgressUsage>): void {
+    this.usage.set(taskId, addUsage(this.usage.get(taskId), delta))
+  }
+
+  /** The usage counted since the last call, by task (the caller adds it to what is stored). */
+  takeUsage (): Map<string, EgressUsage> {
+    const taken = this.usage
+    this.usage = new Map()
+    return taken
   }
 
   /** The task whose container has `address` on the network, or undefined (asked of the engine, cached by container). */
@@ -252,6 +341,7 @@ export class Egress {
 
   async close (): Promise<void> {
     await this.proxy.close()
+    if (this.container) await this.docker.disconnectNetwork(this.network, this.container).catch(() => {})
     // containers of tasks left running for recovery keep the network: it is reused at the next start
     await this.docker.removeNetwork(this.network).catch(() => {})
   }

@@ -107,7 +107,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_principal ON spend (principal, at);
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
   // repository.push: the outcome of a task's last push (SQLite migration 11)
-  'ALTER TABLE tasks ADD COLUMN push JSON;'
+  'ALTER TABLE tasks ADD COLUMN push JSON;',
+  // egress: what a task sent and received through the proxy (SQLite migration 12)
+  'ALTER TABLE tasks ADD COLUMN egress JSON;'
 ]
 
 /** How long a new connection may take before the start or the query fails. */

@@ -127,14 +127,16 @@ const MIGRATIONS: string[] = [
   // egress: a task's own allow-list (narrower than RUNNER_EGRESS_ALLOW; null: the server's)
   'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;',
   // repository.push: the last push of a task's changes (branch, commit, url, error), as JSON
-  'ALTER TABLE tasks ADD COLUMN push TEXT;'
+  'ALTER TABLE tasks ADD COLUMN push TEXT;',
+  // egress: what a task sent and received through the proxy (JSON: bytes_out, bytes_in, connections, denied, hosts)
+  'ALTER TABLE tasks ADD COLUMN egress TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */
 export const CONTENT_COLUMNS = ['output', 'seed', 'diff'] as const
 
 /** Columns that hold JSON, and the ones that hold booleans. */
-export const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow', 'push'] as const
+export const JSON_COLUMNS = ['result', 'pending', 'repository', 'seed', 'observers', 'limits', 'spent', 'egress_allow', 'push', 'egress'] as const
 const BOOL_COLUMNS = ['output_truncated', 'diff_truncated'] as const
 
 /** A task with its Letta sync state (block, attachment, notification), when it has one. */

@@ -1,4 +1,5 @@
 /** Task records and states, shared by the store, the engine, the tools and the routes. */
+import type { EgressUsage } from '../runner/egress.js'
 import type { RunResult } from '../runner/opencode.js'
 import type { PushRequest, PushResult } from '../runner/push.js'
 
@@ -61,6 +62,8 @@ export interface TaskRecord {
   egress_allow?: string[] | null
   /** The last push of the task's changes (repository.push): the branch and commit, or why it failed. */
   push?: PushResult | null
+  /** What the task sent and received through the egress proxy (RUNNER_EGRESS=allowlist); null: nothing yet. */
+  egress?: EgressUsage | null
   /** Run time left in the current turn when `resumed_at` was written (the timeout clock, kept across restarts). */
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */

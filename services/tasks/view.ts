@@ -53,6 +53,13 @@ export const TaskViewSchema = Type.Object({
     at: Type.String({ format: 'date-time' })
   }, { description: 'repository.push: the last push of the task\'s changes (made when a turn completes); null before one or without push' })),
   pushed_branch: Nullable(Type.String({ description: 'The branch the changes were pushed to (push.branch when push.error is null)' })),
+  egress: Nullable(Type.Object({
+    bytes_out: Type.Integer({ description: 'Bytes sent to allowed hosts (headers and TLS included)' }),
+    bytes_in: Type.Integer({ description: 'Bytes received from them' }),
+    connections: Type.Integer({ description: 'Allowed connections (closed ones; counted when they close)' }),
+    denied: Type.Integer({ description: 'Refused attempts' }),
+    hosts: Type.Record(Type.String(), Type.Integer(), { description: 'Allowed connections by host:port' })
+  }, { description: 'What the task sent and received through the egress proxy (RUNNER_EGRESS=allowlist), written every few seconds; null: nothing yet' })),
   workspace_block_id: Nullable(Type.String({ description: 'The Letta workspace block id (letta.block_id), null until it exists or without Letta' })),
   letta: Nullable(Type.Object({
     block_id: Nullable(Type.String()),
@@ -116,6 +123,7 @@ export function taskView (t: TaskRecord): TaskView {
     egress_allow: t.egress_allow ?? null,
     push: t.push ? { ...t.push, at: new Date(t.push.at).toISOString() } : null,
     pushed_branch: t.push && !t.push.error ? t.push.branch : null,
+    egress: t.egress ?? null,
     workspace_block_id: t.letta?.block_id ?? null,
     letta: t.letta ? { ...t.letta, block_label: `opencode_workspace_${t.id}` } : null
   }
