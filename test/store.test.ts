@@ -8,7 +8,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../services/letta/outbox-store.js'
 import { PgLettaOutboxStore } from '../services/letta/pg-outbox-store.js'
-import { PgTaskStore } from '../services/tasks/pg-store.js'
+import { PgTaskStore, SCHEMA_VERSION } from '../services/tasks/pg-store.js'
 import { SqliteTaskStore, type TaskStore } from '../services/tasks/store.js'
 import { openStores } from '../services/tasks/stores.js'
 import type { TaskRecord } from '../services/tasks/types.js'
@@ -16,6 +16,8 @@ import { tempDir } from './helpers/app.js'
 import { freshDatabase } from './helpers/postgres.js'
 
 type Store = TaskStore
+/** Every migration's number, once each. */
+const versions = Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1)
 type Outbox = LettaOutboxStore
 type Kind = 'sqlite' | 'postgres'
 
@@ -101,6 +103,11 @@ for (const kind of ['sqlite', 'postgres'] as const) {
     t.has(await store.get('a'), { output: 'more', output_truncated: true, diff: 'diff --git', result: { answer: 'ok', cost: 0.25 }, turns: 2, resumed_at: T0 + 5, seed: task.seed })
     t.equal(await store.status('a'), 'queued')
     t.equal(await store.status('missing'), undefined)
+
+    const push = { branch: 'lop/a', commit: 'abc123', url: null, error: null, message: null, at: T0 }
+    const egress = { bytes_out: 10, bytes_in: 2_000, connections: 1, denied: 0, hosts: { 'api.example.com:443': 1 } }
+    await store.update('a', { push, egress })
+    t.has(await store.get('a'), { push, egress }, 'the push and egress columns (JSON) read back')
 
     const listed = (await store.list({ principal: 'p', limit: 10, offset: 0 })).tasks[0]
     t.has(listed, { id: 'a', output: null, seed: null, diff: '', output_truncated: true }, 'a list leaves the large columns out')
@@ -283,7 +290,7 @@ for (const kind of ['sqlite', 'postgres'] as const) {
       const { store: replica } = await open(t, kind, { ...at, dataDir: tempDir(t) })
       t.not(replica.owner, store.owner, 'another replica (another DATA_DIR) on the same database has its own owner')
       const { rows } = await (store as PgTaskStore).pool.query('SELECT version FROM schema_migrations ORDER BY version')
-      t.same(rows.map((r) => r.version), [1], 'each migration recorded once')
+      t.same(rows.map((r) => r.version), versions, 'each migration recorded once')
     }
   })
 
@@ -335,8 +342,8 @@ t.test('postgres: replicas starting together on one database migrate once', asyn
   const url = await freshDatabase(t)
   const stores = await Promise.all(Array.from({ length: 4 }, () => PgTaskStore.open({ url, poolSize: 2, dataDir: tempDir(t) })))
   t.teardown(() => Promise.all(stores.map((s) => s.close())))
-  const { rows } = await stores[0].pool.query('SELECT version FROM schema_migrations')
-  t.same(rows.map((r) => r.version), [1])
+  const { rows } = await stores[0].pool.query('SELECT version FROM schema_migrations ORDER BY version')
+  t.same(rows.map((r) => r.version), versions, 'each migration recorded once')
   await stores[1].insert(record('a'))
   t.ok(await stores[3].get('a'), 'every replica sees the others\' writes')
   t.equal(new Set(stores.map((s) => s.owner)).size, 4, 'one owner per replica')

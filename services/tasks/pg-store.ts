@@ -112,6 +112,9 @@ const MIGRATIONS: string[] = [
   'ALTER TABLE tasks ADD COLUMN egress JSON;'
 ]
 
+/** The schema version a migrated database has (one row per migration in schema_migrations). */
+export const SCHEMA_VERSION = MIGRATIONS.length
+
 /** How long a new connection may take before the start or the query fails. */
 const CONNECT_TIMEOUT_MS = 20_000
 
