@@ -28,10 +28,17 @@ else
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -q "inet $SUBNET.1/24" || ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+  case "$(ip -4 addr show dev "$BRIDGE")" in
+    *"inet $SUBNET.1/24"*) ;;
+    *) ip addr add "$SUBNET.1/24" dev "$BRIDGE" ;;
+  esac
   ip link set "$BRIDGE" up
   # a stale pid file of a dead engine B would stop dockerd from starting
   if [ -f "$PIDFILE" ] && ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then rm -f "$PIDFILE"; fi
+  # Always start from an empty network store: an engine B restarted on the store of an earlier run
+  # (one that had been a swarm) deleted the FIRST engine's docker0 at start-up (seen here). Engine B
+  # keeps no network worth keeping: its default bridge is made again from the flags below.
+  rm -f "$DATA/network/files/local-kv.db"
   mkdir -p "$DATA" "$EXEC" "$(dirname "$LOG")"
   echo "engine B: starting dockerd on $SOCK (bridge $BRIDGE, $SUBNET.0/24)"
   # setsid: the engine outlives this script (and the shell that ran it)
@@ -45,7 +52,7 @@ else
     --ip-masq=false \
     --default-address-pool "base=$POOL,size=24" \
     --cgroup-parent docker-b \
-    >"$LOG" 2>&1 </dev/null &
+    >>"$LOG" 2>&1 </dev/null &
   ready=
   for _ in $(seq 1 120); do
     if ping_b; then ready=1; break; fi
