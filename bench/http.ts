@@ -58,7 +58,7 @@ async function healthBench () {
   await service.listen({ host: '127.0.0.1', port: 0 })
   const bare = Fastify(SERVER_OPTIONS)
   // the same body, as a bare route serializes it
-  const body = service.health().body
+  const body = (await service.health()).body
   bare.get('/health', async () => body)
   await bare.listen({ host: '127.0.0.1', port: 0 })
 

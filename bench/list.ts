@@ -63,7 +63,7 @@ export async function runListBench () {
     const body = res.structuredContent as { total: number, tasks: unknown[] }
     if (res.isError || body.total !== TASKS) throw new Error(`list_tasks: ${JSON.stringify(res).slice(0, 300)}`)
   }
-  const store = fastify.taskStore
+  const store = fastify.taskStore as SqliteTaskStore
   // the baseline: the same tasks in the layout and with the queries used before (the large columns
   // inside each row, before the columns added later; every column of the listed rows read)
   store.db.exec(`CREATE TABLE old_tasks AS SELECT t.id, t.principal, t.agent_id, t.description, t.status, t.timeout_ms, t.created_at, t.started_at,
@@ -76,7 +76,7 @@ export async function runListBench () {
   const oldQuery = (limit: number) => { before.all({ principal: ANONYMOUS_PRINCIPAL, limit, offset: 0 }); count.get({ principal: ANONYMOUS_PRINCIPAL }) }
   const newQuery = (limit: number) => store.list({ principal: ANONYMOUS_PRINCIPAL, limit, offset: 0 })
 
-  for (let i = 0; i < 5; i++) { await list({}); oldQuery(200); newQuery(200) }
+  for (let i = 0; i < 5; i++) { await list({}); oldQuery(200); await newQuery(200) }
   const mcp20: number[] = []
   const mcp200: number[] = []
   const deep: number[] = []

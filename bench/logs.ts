@@ -65,7 +65,7 @@ export async function runLogsBench () {
     if (bytes !== MB * 1024 * 1024) throw new Error(`raw read ${bytes} bytes`)
   }
   const service = async () => {
-    const { task } = fastify.tasks.submit({ principal: 'bench' }, { task_description: `print-mb ${MB}`, timeout_ms: 600_000 })
+    const { task } = await fastify.tasks.submit({ principal: 'bench' }, { task_description: `print-mb ${MB}`, timeout_ms: 600_000 })
     const done = await fastify.tasks.waitForEnd(task.id, 600_000)
     if (done.status !== 'completed' || done.output_bytes !== MB * 1024 * 1024) throw new Error(`service task: ${done.status} ${done.output_bytes}`)
   }

@@ -1,6 +1,7 @@
 /**
- * Health plugin: `fastify.health()` assembles the report from cached state only (engine probe,
- * session count, security settings), so a probe never waits on a dependency.
+ * Health plugin: `fastify.health()` assembles the report from cached state (engine probe, session
+ * count, security settings) and the store's count of pending Letta work, so a probe never waits on
+ * a remote dependency.
  */
 import fp from 'fastify-plugin'
 import { healthReport, type HealthReport } from '../services/health.js'
@@ -9,12 +10,12 @@ import { SERVICE_VERSION } from '../services/meta.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    health: () => { statusCode: 200 | 503, body: HealthReport }
+    health: () => Promise<{ statusCode: 200 | 503, body: HealthReport }>
   }
 }
 
 export default fp(async (fastify) => {
-  fastify.decorate('health', () => {
+  fastify.decorate('health', async () => {
     const body = healthReport({
       version: SERVICE_VERSION,
       engine: fastify.engineProbe.state,
@@ -30,7 +31,7 @@ export default fp(async (fastify) => {
         accepting: !fastify.tasks.draining
       },
       letta: fastify.letta
-        ? { ...fastify.letta.state, pending: fastify.letta.pending() }
+        ? { ...fastify.letta.state, pending: await fastify.letta.pending() }
         : { configured: false, reachable: null, version: null, last_error: null, checked_at: null, pending: 0 },
       load: (({ eventLoopDelay, heapUsed }) => ({
         shedding: fastify.isUnderPressure(),

@@ -4,7 +4,6 @@
  * `letta` is null. Its probe feeds /health. On close it writes out what is due, after the drain.
  */
 import fp from 'fastify-plugin'
-import { SqliteLettaOutboxStore } from '../services/letta/outbox-store.js'
 import { LettaSync } from '../services/letta/sync.js'
 
 declare module 'fastify' {
@@ -19,7 +18,7 @@ export default fp(async (fastify) => {
     fastify.decorate('letta', null)
     return
   }
-  const letta = new LettaSync(tasks.store, new SqliteLettaOutboxStore(fastify.taskStore.db), config, fastify.log, (kind) => fastify.metrics.lettaFailure(kind))
+  const letta = new LettaSync(tasks.store, fastify.lettaOutbox, config, fastify.log, (kind) => fastify.metrics.lettaFailure(kind))
   tasks.on('queued', (task) => letta.track(task))
   tasks.on('started', (task) => letta.changed(task.id))
   tasks.on('event', (taskId) => letta.changed(taskId))

@@ -23,7 +23,7 @@ declare module 'fastify' {
 export default fp(async (fastify) => {
   const deps = {
     version: SERVICE_VERSION,
-    health: () => fastify.health().body,
+    health: async () => (await fastify.health()).body,
     tasks: fastify.tasks,
     asyncEnabled: fastify.config.ENABLE_ASYNC_EXECUTE,
     syncWaitMs: fastify.config.SYNC_WAIT_MS,

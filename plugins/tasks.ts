@@ -1,6 +1,6 @@
 /**
- * Tasks plugin: the task store (SQLite in DATA_DIR) and the task engine with its semaphore queue,
- * decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically; the
+ * Tasks plugin: the task and Letta outbox stores (SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL)
+ * and the task engine with its semaphore queue, decorated as `tasks`. Recovery and orphan reconciliation run at start-up and periodically; the
  * drain runs first on close. The RUNNER_IMAGE check (`runnerImage`) runs at start and on the engine
  * probe's cadence; the engine refuses tasks while it finds the image unusable.
  */
@@ -8,15 +8,19 @@ import fp from 'fastify-plugin'
 import { Egress, parseAllowList, readHostMap } from '../services/runner/egress.js'
 import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
-import { SqliteTaskStore } from '../services/tasks/store.js'
+import type { LettaOutboxStore } from '../services/letta/outbox-store.js'
+import type { TaskStore } from '../services/tasks/store.js'
+import { openStores } from '../services/tasks/stores.js'
 
 const EGRESS_EVENTS_PER_TASK = 100
 
 declare module 'fastify' {
   interface FastifyInstance {
     tasks: TaskEngine
-    /** The SQLite task store behind `tasks` (its handle also holds the Letta outbox). */
-    taskStore: SqliteTaskStore
+    /** The task store behind `tasks`: SQLite in DATA_DIR, or PostgreSQL (DATABASE_URL). */
+    taskStore: TaskStore
+    /** The Letta outbox, in the same database as the tasks (a task's end and its notification commit together). */
+    lettaOutbox: LettaOutboxStore
     runnerImage: RunnerImageProbe
     /** RUNNER_EGRESS=allowlist: the internal network and the egress proxy; undefined otherwise. */
     egress: Egress | undefined
@@ -24,7 +28,8 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const store = new SqliteTaskStore(fastify.config.DATA_DIR)
+  const { tasks: store, outbox, location } = await openStores(fastify.config)
+  fastify.log.info({ store: location }, 'task store open')
   const runnerImage = new RunnerImageProbe(fastify.docker, fastify.config, store.owner, fastify.config.DOCKER_PROBE_INTERVAL_MS, (state) => {
     if (state.error) fastify.log.error({ image: state.image, present: state.present }, state.error)
     else fastify.log.info({ image: state.image, opencode: state.opencode_version }, 'runner image ready')
@@ -33,7 +38,7 @@ export default fp(async (fastify) => {
   let egress: Egress | undefined
   if (fastify.config.RUNNER_EGRESS === 'allowlist') {
     egress = new Egress(fastify.docker, store.owner, parseAllowList(fastify.config.RUNNER_EGRESS_ALLOW), readHostMap(fastify.config.RUNNER_EGRESS_HOST_MAP),
-      (taskId) => { const own = store.get(taskId)?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
+      async (taskId) => { const own = (await store.get(taskId))?.egress_allow; return own ? parseAllowList(own.join(','), 'egress_allow') : undefined })
     const runtime = await egress.start()
     const proxy = egress
     // at most EGRESS_EVENTS_PER_TASK events (and warnings) per task in this process: an agent retrying
@@ -41,14 +46,14 @@ export default fp(async (fastify) => {
     const deniedPerTask = new Map<string, number>()
     proxy.proxy.on('denied', (d) => {
       const at = new Date().toISOString()
-      proxy.taskOf(d.address).then((taskId) => {
+      proxy.taskOf(d.address).then(async (taskId) => {
         const n = (deniedPerTask.get(taskId ?? '') ?? 0) + 1
         if (deniedPerTask.size > 10_000) deniedPerTask.clear()
         deniedPerTask.set(taskId ?? '', n)
         if (n > EGRESS_EVENTS_PER_TASK) return
         fastify.log.warn({ taskId, host: d.host, port: d.port, reason: d.reason }, 'egress denied')
-        if (taskId && store.get(taskId)) store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
-      }, (err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task'))
+        if (taskId && await store.get(taskId)) await store.addEvent(taskId, 'egress_denied', { host: d.host, port: d.port, reason: d.reason, at, ...(n === EGRESS_EVENTS_PER_TASK ? { last_recorded: true } : {}) })
+      }).catch((err: Error) => fastify.log.warn({ err }, 'egress denial not attributed to a task or not recorded'))
     })
     fastify.log.info({ network: runtime.network, proxy: runtime.env[0].slice('HTTPS_PROXY='.length) }, 'egress proxy listening')
   }
@@ -57,6 +62,7 @@ export default fp(async (fastify) => {
   const engine = new TaskEngine(store, fastify.docker, engineConfig, fastify.log, fastify.runnerEnv, runnerImage)
   fastify.decorate('tasks', engine)
   fastify.decorate('taskStore', store)
+  fastify.decorate('lettaOutbox', outbox)
   fastify.decorate('runnerImage', runnerImage)
   fastify.decorate('egress', egress)
   let timer: NodeJS.Timeout | undefined
@@ -74,6 +80,6 @@ export default fp(async (fastify) => {
     runnerImage.stop()
     engine.close()
     await egress?.close()
-    store.close()
+    await store.close()
   })
 }, { name: 'tasks', dependencies: ['config', 'docker'], fastify: '5.x' })

@@ -12,7 +12,7 @@ const route: FastifyPluginAsync = async (fastify) => {
     logLevel: 'warn',
     config: NOT_SHED
   }, async (_request, reply) => {
-    const { statusCode, body } = fastify.health()
+    const { statusCode, body } = await fastify.health()
     return reply.code(statusCode).send(body)
   })
 }

@@ -62,7 +62,7 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: TaskListSchema, ...errors }
     }
   }, async (request) => {
-    const { tasks: list, total, cost_total: costTotal } = tasks.list(request.principal, request.query)
+    const { tasks: list, total, cost_total: costTotal } = await tasks.list(request.principal, request.query)
     return { tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) }
   })
 
@@ -102,7 +102,7 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.get('/tasks/:id', {
     schema: { summary: 'A task and its result', params: TaskParams, response: { 200: TaskViewSchema, ...errors } }
-  }, async (request) => engineCall(() => taskView(tasks.get(request.principal, request.params.id))))
+  }, async (request) => engineCall(async () => taskView(await tasks.get(request.principal, request.params.id))))
 
   fastify.post('/tasks/:id/cancel', {
     schema: {
@@ -141,8 +141,8 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
         503: ErrorSchema
       }
     }
-  }, async (request) => engineCall(() => {
-    const { task, delivery, message_id: messageId, timestamp } = tasks.message(request.principal, request.params.id, request.body.message, { type: request.body.message_type })
+  }, async (request) => engineCall(async () => {
+    const { task, delivery, message_id: messageId, timestamp } = await tasks.message(request.principal, request.params.id, request.body.message, { type: request.body.message_type })
     return { task: taskView(task), delivery, message_id: messageId, timestamp }
   }))
 
@@ -159,8 +159,8 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
         ...errors
       }
     }
-  }, async (request) => engineCall(() => {
-    const { task, events, total } = tasks.history(request.principal, request.params.id, request.query.after, request.query.limit)
+  }, async (request) => engineCall(async () => {
+    const { task, events, total } = await tasks.history(request.principal, request.params.id, request.query.after, request.query.limit)
     return { task_id: task.id, status: task.status, events: events.map(eventView), total }
   }))
 
@@ -205,8 +205,8 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
       params: TaskParams,
       response: { 200: Type.Object({ task_id: Type.String(), status: TaskStatusSchema, diff: Type.Union([Type.String(), Type.Null()]), truncated: Type.Boolean(), ended: Type.Boolean() }), ...errors }
     }
-  }, async (request) => engineCall(() => {
-    const task = tasks.get(request.principal, request.params.id)
+  }, async (request) => engineCall(async () => {
+    const task = await tasks.get(request.principal, request.params.id)
     return { task_id: task.id, status: task.status, diff: task.diff, truncated: task.diff_truncated, ended: TERMINAL.has(task.status) }
   }))
 

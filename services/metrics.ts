@@ -8,7 +8,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import { TASK_STATUSES, type TaskRecord, type TaskStatus } from './tasks/types.js'
 
 export interface MetricSources {
-  taskCounts: () => Partial<Record<TaskStatus, number>>
+  taskCounts: () => Promise<Partial<Record<TaskStatus, number>>>
   queued: () => number
   running: () => number
   sessions: () => number
@@ -48,8 +48,8 @@ export class Metrics {
         help: 'Tasks in the store by state',
         labelNames: ['state'],
         registers,
-        collect () {
-          const counts = sources.taskCounts()
+        async collect () {
+          const counts = await sources.taskCounts()
           for (const state of TASK_STATUSES) this.set({ state }, counts[state] ?? 0)
         }
       }),

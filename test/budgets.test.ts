@@ -67,7 +67,7 @@ t.test('max_tokens below what the script spends: stopped at the step end that cr
   await containerGone(t, task.task_id)
 
   // what the agent is told: the Letta block's summary and the completion message carry the numbers
-  const record = app.tasks.store.get(task.task_id)!
+  const record = (await app.tasks.store.get(task.task_id))!
   t.match(notificationText(record), /OpenCode task \S+ failed after [\d.]+ s\.\n[^]*Error: budget: stopped after step 2: tokens \d+ > max_tokens 150/)
   const block = JSON.parse(buildBlockValue(record, [], { chars: 50_000, maxEvents: 50 })) as { artifacts: Array<{ status: string, error: string }> }
   t.match(block.artifacts[0], { status: 'failed', error: /^budget: stopped after step 2/ })
@@ -163,16 +163,16 @@ t.test('the principal budget: refused once used up, freed when the oldest spendi
   const config = { RUNNER_MAX_COST: 0, RUNNER_MAX_TOKENS: 0, RUNNER_MAX_STEPS: 0, AGENT_DAILY_COST: 0, PRINCIPAL_DAILY_COST: 3 }
   const now = Date.now()
   const spend = (step: number, at: number, cost: number, principal = 'p1') => store.addSpend({ task_id: 'task_a', step, principal, agent_id: null, at, cost, tokens: 100 })
-  spend(1, now - DAY_MS - 1000, 50) // outside the window
-  spend(2, now - 5 * 3600_000, 1)
-  spend(3, now - 3 * 3600_000, 1.5)
-  spend(3, now - 3 * 3600_000, 1.5) // the same step read again counts once
-  spend(1, now - 1000, 10, 'p2') // another principal
-  t.equal(dailyOver(config, store, 'p1', null, now), undefined, '2.5 of 3: within the budget')
-  spend(4, now - 3600_000, 1)
-  t.match(dailyOver(config, store, 'p1', null, now), { scope: 'principal', variable: 'PRINCIPAL_DAILY_COST', spent: 3.5, budget: 3, resets_at: now - 5 * 3600_000 + DAY_MS },
+  await spend(1, now - DAY_MS - 1000, 50) // outside the window
+  await spend(2, now - 5 * 3600_000, 1)
+  await spend(3, now - 3 * 3600_000, 1.5)
+  await spend(3, now - 3 * 3600_000, 1.5) // the same step read again counts once
+  await spend(1, now - 1000, 10, 'p2') // another principal
+  t.equal(await dailyOver(config, store, 'p1', null, now), undefined, '2.5 of 3: within the budget')
+  await spend(4, now - 3600_000, 1)
+  t.match(await dailyOver(config, store, 'p1', null, now), { scope: 'principal', variable: 'PRINCIPAL_DAILY_COST', spent: 3.5, budget: 3, resets_at: now - 5 * 3600_000 + DAY_MS },
     'used up; free again once the oldest step (1) leaves the window: 2.5 < 3')
-  t.equal(store.deleteSpendBefore(now - DAY_MS), 1, 'retention prunes spending past the window')
+  t.equal(await store.deleteSpendBefore(now - DAY_MS), 1, 'retention prunes spending past the window')
 })
 
 t.test('budget variables: bounded and finite, 0 for none; a bad value names the variable and what is expected', async (t) => {

@@ -59,33 +59,48 @@ t.test('the table: exactly the legal moves are allowed', async (t) => {
   t.notOk(allowed('queued', 'completed'), 'a task completes only after it ran')
 })
 
-t.test('transition: writes the status with its fields; an illegal one throws and writes nothing', async (t) => {
+t.test('transition: writes the status with its fields; an illegal one rejects and writes nothing', async (t) => {
   const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
-  store.insert(task('task_a', 'queued'))
-  t.equal(transition(store, 'task_a', 'running', { turns: 1, started_at: 5 }), 'queued', 'returns the status it left')
-  t.match(store.get('task_a'), { status: 'running', turns: 1, started_at: 5 })
-  transition(store, 'task_a', 'completed', { finished_at: 6, exit_code: 0, reason: 'exit' })
-  t.match(store.get('task_a'), { status: 'completed', finished_at: 6, exit_code: 0 })
-  t.throws(() => transition(store, 'task_a', 'running', { turns: 2 }), IllegalTransitionError, 'completed → running skips the queue')
-  t.match(store.get('task_a'), { status: 'completed', turns: 1 }, 'nothing written')
-  transition(store, 'task_a', 'queued', { pending: ['more'], finished_at: null })
-  t.match(store.get('task_a'), { status: 'queued', pending: ['more'], finished_at: null }, 'a follow-up message re-queues an ended task')
+  await store.insert(task('task_a', 'queued'))
+  t.equal(await transition(store, 'task_a', 'running', { turns: 1, started_at: 5 }), 'queued', 'resolves with the status it left')
+  t.match(await store.get('task_a'), { status: 'running', turns: 1, started_at: 5 })
+  await transition(store, 'task_a', 'completed', { finished_at: 6, exit_code: 0, reason: 'exit' })
+  t.match(await store.get('task_a'), { status: 'completed', finished_at: 6, exit_code: 0 })
+  await t.rejects(transition(store, 'task_a', 'running', { turns: 2 }), IllegalTransitionError, 'completed → running skips the queue')
+  t.match(await store.get('task_a'), { status: 'completed', turns: 1 }, 'nothing written')
+  await transition(store, 'task_a', 'queued', { pending: ['more'], finished_at: null })
+  t.match(await store.get('task_a'), { status: 'queued', pending: ['more'], finished_at: null }, 'a follow-up message re-queues an ended task')
 
-  store.insert(task('task_b', 'cancelled'))
-  const err = t.throws(() => transition(store, 'task_b', 'queued')) as IllegalTransitionError
+  await store.insert(task('task_b', 'cancelled'))
+  const err = await transition(store, 'task_b', 'queued').catch((e: unknown) => e)
   t.match(err, { name: 'IllegalTransitionError', taskId: 'task_b', from: 'cancelled', to: 'queued' })
-  t.throws(() => transition(store, 'task_none', 'running'), IllegalTransitionError, 'no task: no transition')
+  await t.rejects(transition(store, 'task_none', 'running'), IllegalTransitionError, 'no task: no transition')
 })
 
 t.test('setStatus is a compare and set: a write from a stale status is refused', async (t) => {
   const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
-  store.insert(task('task_c', 'running'))
-  t.throws(() => store.setStatus('task_c', 'queued', 'running', { turns: 9 }), /no longer queued/)
-  t.match(store.get('task_c'), { status: 'running', turns: 0 }, 'nothing written')
-  store.setStatus('task_c', 'running', 'paused', { remaining_ms: 10 })
-  t.match(store.get('task_c'), { status: 'paused', remaining_ms: 10 })
+  await store.insert(task('task_c', 'running'))
+  await t.rejects(store.setStatus('task_c', 'queued', 'running', { turns: 9 }), /no longer queued/)
+  t.match(await store.get('task_c'), { status: 'running', turns: 0 }, 'nothing written')
+  await store.setStatus('task_c', 'running', 'paused', { remaining_ms: 10 })
+  t.match(await store.get('task_c'), { status: 'paused', remaining_ms: 10 })
+})
+
+t.test('transition: a write that comes between its read and its write is not overwritten', async (t) => {
+  const store = new SqliteTaskStore(tempDir(t))
+  t.teardown(() => store.close())
+  await store.insert(task('task_d', 'running'))
+  // another writer ends the task after transition() read "running" and before its write
+  const status = store.status.bind(store)
+  store.status = async (id) => {
+    const read = await status(id)
+    await store.setStatus(id, 'running', 'completed', { finished_at: 7 })
+    return read
+  }
+  await t.rejects(transition(store, 'task_d', 'paused', { remaining_ms: 5 }), /no longer running/, 'the compare and set refuses the stale write')
+  t.match(await store.get('task_d'), { status: 'completed', finished_at: 7, remaining_ms: null }, 'the end that came first stands')
 })
 
 t.test('turnEnd: a turn\'s end as the task\'s status and error', async (t) => {

@@ -6,6 +6,7 @@ import { LABEL } from '../services/runner/container-spec.js'
 import { build, listen, tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
+import { storeEnv } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
 
@@ -93,7 +94,7 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
   const dataDir = tempDir(t)
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
-  const env = { ...ENV, MCP_PORT: String(port), DATA_DIR: dataDir, MAX_CONCURRENT_TASKS: '2', SHUTDOWN_GRACE_MS: '3000' }
+  const env = { ...ENV, MCP_PORT: String(port), DATA_DIR: dataDir, MAX_CONCURRENT_TASKS: '2', SHUTDOWN_GRACE_MS: '3000', ...(await storeEnv(t, dataDir)) }
   let proc = startServer(dataDir, env)
   t.teardown(() => { proc.child.kill('SIGKILL') })
   t.ok(await healthy(port))

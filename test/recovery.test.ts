@@ -10,6 +10,7 @@ import { LABEL } from '../services/runner/container-spec.js'
 import { tempDir } from './helpers/app.js'
 import { engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
+import { storeEnv } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
 import { untilEnded } from './helpers/tasks.js'
 
@@ -29,6 +30,7 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   const env = {
     MCP_PORT: String(port),
     DATA_DIR: dataDir,
+    ...(await storeEnv(t, dataDir)),
     RUNNER_IMAGE: 'letta-opencode-test-agent:latest',
     RUNNER_NETWORK: 'none',
     RUNNER_MEMORY_LIMIT: '64m',
@@ -122,6 +124,7 @@ t.test('after SIGKILL, re-attached containers take their slots first, a paused t
   const env = {
     MCP_PORT: String(port),
     DATA_DIR: dataDir,
+    ...(await storeEnv(t, dataDir)),
     RUNNER_IMAGE: 'letta-opencode-test-agent:latest',
     RUNNER_NETWORK: 'none',
     RUNNER_MEMORY_LIMIT: '64m',

@@ -68,42 +68,42 @@ t.test('store: deleteEnded deletes only ended tasks past the cut-off, with their
     followUp: record('task_follow-up', { status: 'queued', created_at: old, finished_at: null })
   }
   for (const task of Object.values(tasks)) {
-    store.claimIdempotent({ principal: 'p', agent_id: 'agent', key: task.id, args_hash: 'h', ttlMs: DAY }, () => task)
-    store.addEvent(task.id, 'queued')
-    new SqliteLettaOutboxStore(store.db).track(task.id, 'agent')
+    await store.claimIdempotent({ principal: 'p', agent_id: 'agent', key: task.id, args_hash: 'h', ttlMs: DAY }, () => task)
+    await store.addEvent(task.id, 'queued')
+    await new SqliteLettaOutboxStore(store.db).track(task.id, 'agent')
   }
-  const deleted = store.deleteEnded(Date.now() - 30 * DAY)
+  const deleted = await store.deleteEnded(Date.now() - 30 * DAY)
   t.same(deleted.sort(), ['task_old-completed', 'task_old-failed'])
   for (const id of deleted) {
-    t.equal(store.get(id), undefined, `${id} deleted`)
+    t.equal(await store.get(id), undefined, `${id} deleted`)
     for (const table of ['task_events', 'idempotency_keys', 'letta_sync']) t.equal(count(store, table, id), 0, `${id}: its ${table} rows too`)
   }
   for (const task of [tasks.recent, tasks.running, tasks.followUp]) {
-    t.ok(store.get(task.id), `${task.id} kept`)
+    t.ok(await store.get(task.id), `${task.id} kept`)
     for (const table of ['task_events', 'idempotency_keys', 'letta_sync']) t.equal(count(store, table, task.id), 1)
   }
-  t.same(store.deleteEnded(Date.now() - 30 * DAY), [], 'nothing left to delete')
+  t.same(await store.deleteEnded(Date.now() - 30 * DAY), [], 'nothing left to delete')
 })
 
 t.test('store: a task whose Letta block still exists is kept until the block is deleted', async (t) => {
   const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
   const task = record('task_with-block', { finished_at: Date.now() - 40 * DAY })
-  store.insert(task)
+  await store.insert(task)
   const outbox = new SqliteLettaOutboxStore(store.db)
-  outbox.track(task.id, 'agent')
-  outbox.update(task.id, { block_id: 'block-1' })
-  t.same(store.deleteEnded(Date.now() - 30 * DAY), [], 'kept: its block is still in Letta (the worker deletes it after the workspace)')
-  outbox.update(task.id, { deleted: 1 })
-  t.same(store.deleteEnded(Date.now() - 30 * DAY), [task.id], 'deleted once the block is')
+  await outbox.track(task.id, 'agent')
+  await outbox.update(task.id, { block_id: 'block-1' })
+  t.same(await store.deleteEnded(Date.now() - 30 * DAY), [], 'kept: its block is still in Letta (the worker deletes it after the workspace)')
+  await outbox.update(task.id, { deleted: 1 })
+  t.same(await store.deleteEnded(Date.now() - 30 * DAY), [task.id], 'deleted once the block is')
 })
 
 t.test('store: a list leaves output, seed and diff out; one task\'s read has them', async (t) => {
   const store = new SqliteTaskStore(tempDir(t))
   t.teardown(() => store.close())
-  store.insert(record('task_with-diff'))
-  store.insert(record('task_no-diff', { diff: null, repository: null }))
-  const { tasks, total } = store.list({ principal: 'p', limit: 10, offset: 0 })
+  await store.insert(record('task_with-diff'))
+  await store.insert(record('task_no-diff', { diff: null, repository: null }))
+  const { tasks, total } = await store.list({ principal: 'p', limit: 10, offset: 0 })
   t.equal(total, 2)
   for (const task of tasks) {
     t.equal(task.output, null, 'no output in a list')
@@ -112,7 +112,7 @@ t.test('store: a list leaves output, seed and diff out; one task\'s read has the
   }
   t.equal(tasks.find((x) => x.id === 'task_with-diff')?.diff, '', 'a diff is only marked (has_diff)')
   t.equal(tasks.find((x) => x.id === 'task_no-diff')?.diff, null)
-  const one = store.get('task_with-diff') as TaskRecord
+  const one = await store.get('task_with-diff') as TaskRecord
   t.equal(one.output?.length, 10_000)
   t.equal(one.seed?.[0].content.length, 10_000)
   t.equal(one.diff, 'diff --git a/a.txt b/a.txt')
@@ -131,46 +131,46 @@ t.test('through the app: an ended task past TASK_RETENTION_MS is deleted at reco
   t.ok(existsSync(app.tasks.logPath(old.task_id)), 'the old task has a log file')
 
   await app.tasks.reconcile() // the start-up run is over: the next call runs anew
-  app.tasks.store.update(old.task_id, { finished_at: Date.now() - 31 * DAY })
+  await app.tasks.store.update(old.task_id, { finished_at: Date.now() - 31 * DAY })
   await app.tasks.reconcile()
 
   const status = await client.callTool({ name: 'get_task_status', arguments: { task_id: old.task_id } }) as CallToolResult
   t.ok(status.isError, 'the old task is gone')
   t.match((status.content[0] as { text: string }).text, /No task/)
   t.notOk(existsSync(app.tasks.logPath(old.task_id)), 'its log file is deleted')
-  t.equal(count(app.taskStore, 'task_events', old.task_id), 0, 'its events are deleted')
-  t.equal(count(app.taskStore, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
+  t.equal(count(app.taskStore as SqliteTaskStore, 'task_events', old.task_id), 0, 'its events are deleted')
+  t.equal(count(app.taskStore as SqliteTaskStore, 'idempotency_keys', old.task_id), 0, 'its idempotency key is deleted')
   t.match(await client.callTool({ name: 'get_task_status', arguments: { task_id: recent.task_id } }), { structuredContent: { status: 'completed' } }, 'the recent task is kept')
   t.ok(existsSync(app.tasks.logPath(recent.task_id)))
 })
 
 t.test('TASK_RETENTION_MS=0 keeps ended tasks forever', async (t) => {
   const { app } = await listen(t, { env: { ...BASE_ENV, TASK_RETENTION_MS: '0' } })
-  const { task } = app.tasks.submit({ principal: 'anonymous' }, { task_description: 'say kept' })
+  const { task } = await app.tasks.submit({ principal: 'anonymous' }, { task_description: 'say kept' })
   t.equal((await app.tasks.waitForEnd(task.id, 120_000)).status, 'completed')
-  app.tasks.store.update(task.id, { finished_at: Date.now() - 3650 * DAY })
+  await app.tasks.store.update(task.id, { finished_at: Date.now() - 3650 * DAY })
   await app.tasks.reconcile()
-  t.ok(app.tasks.store.get(task.id), 'still there')
+  t.ok(await app.tasks.store.get(task.id), 'still there')
 })
 
 t.test('IDEMPOTENCY_TTL_MS: an expired key makes a new task, and expired keys are deleted', async (t) => {
   const { app } = await listen(t, { env: { ...BASE_ENV, IDEMPOTENCY_TTL_MS: String(DAY) } })
   const caller = { principal: 'anonymous', agentId: 'agent-ttl' }
-  const first = app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
-  t.equal(app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' }).task.id, first.task.id, 'within the TTL: the same task')
-  const keys = app.taskStore.db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
+  const first = await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
+  t.equal((await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })).task.id, first.task.id, 'within the TTL: the same task')
+  const keys = (app.taskStore as SqliteTaskStore).db.prepare('UPDATE idempotency_keys SET created_at = ? WHERE key = ?')
   keys.run(Date.now() - DAY - 1, 'k1')
-  const again = app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
+  const again = await app.tasks.submit(caller, { task_description: 'say one', idempotency_key: 'k1' })
   t.equal(again.existing, false, 'past the TTL: a new task')
   t.not(again.task.id, first.task.id)
 
-  const other = app.tasks.submit(caller, { task_description: 'say two', idempotency_key: 'k2' })
+  const other = await app.tasks.submit(caller, { task_description: 'say two', idempotency_key: 'k2' })
   await app.tasks.reconcile() // the start-up run is over: the next call runs anew
   keys.run(Date.now() - DAY - 1, 'k2')
   await app.tasks.reconcile()
-  const left = app.taskStore.db.prepare('SELECT key, task_id FROM idempotency_keys').all()
+  const left = (app.taskStore as SqliteTaskStore).db.prepare('SELECT key, task_id FROM idempotency_keys').all()
   t.same(left, [{ key: 'k1', task_id: again.task.id }], 'the expired key k2 is deleted, the live k1 kept')
-  t.ok(app.tasks.store.get(other.task.id), 'its task is not (it is not past TASK_RETENTION_MS)')
+  t.ok(await app.tasks.store.get(other.task.id), 'its task is not (it is not past TASK_RETENTION_MS)')
   for (const id of [first.task.id, again.task.id, other.task.id]) await app.tasks.waitForEnd(id, 120_000)
 })
 

@@ -41,7 +41,7 @@ function buildForeignImage (): void {
   execFileSync('docker', ['build', '-q', '-t', FOREIGN_IMAGE, '-'], { input: dockerfile, stdio: ['pipe', 'ignore', 'pipe'] })
 }
 
-const runnerOf = (app: FastifyInstance) => app.health().body.runner
+const runnerOf = async (app: FastifyInstance) => (await app.health()).body.runner
 
 t.test('the service sets the entrypoint and the XDG data home, and mounts the state volume there', async (t) => {
   const app = await build(t, { env: { RUNNER_IMAGE: BASE_IMAGE } })
@@ -60,9 +60,9 @@ t.test('an image without ENTRYPOINT, with HOME=/tmp and no runner user runs a ta
   const { app, url } = await listen(t, {
     env: runnerEnv(configDir, { RUNNER_IMAGE: FOREIGN_IMAGE, SYNC_WAIT_MS: '120000' })
   })
-  await waitFor(t, 'the runner image checked', () => runnerOf(app).opencode_version !== null || runnerOf(app).error !== null, 120_000)
-  t.match(runnerOf(app), { image: FOREIGN_IMAGE, present: true, opencode_version: /^\d+\.\d+\.\d+/, error: null })
-  t.equal(app.health().body.status, 'healthy')
+  await waitFor(t, 'the runner image checked', async () => (await runnerOf(app)).opencode_version !== null || (await runnerOf(app)).error !== null, 120_000)
+  t.match(await runnerOf(app), { image: FOREIGN_IMAGE, present: true, opencode_version: /^\d+\.\d+\.\d+/, error: null })
+  t.equal((await app.health()).body.status, 'healthy')
 
   const { client } = await connect(t, url, { 'x-agent-id': 'agent-foreign' })
   const task = await ok(client, 'opencode_execute_task', { task_description: '[script:write-edit] create hello.txt and fix its wording', sync: true }) as Task
@@ -80,7 +80,7 @@ t.test('an image without ENTRYPOINT, with HOME=/tmp and no runner user runs a ta
 
 t.test('an image without `opencode`: /health degraded, a task refused at once with the fix', async (t) => {
   const { app, url } = await listen(t, { env: { RUNNER_IMAGE: BASE_IMAGE, RUNNER_NETWORK: 'none' } })
-  await waitFor(t, 'the runner image checked', () => runnerOf(app).error !== null, 120_000)
+  await waitFor(t, 'the runner image checked', async () => (await runnerOf(app)).error !== null, 120_000)
   const health = await (await fetch(new URL('/health', url))).json()
   t.match(health, {
     status: 'degraded',
@@ -89,13 +89,13 @@ t.test('an image without `opencode`: /health degraded, a task refused at once wi
   const { client } = await connect(t, url)
   const refused = errorOf(await call(client, 'opencode_execute_task', { task_description: 'say hi', sync: true }))
   t.match(refused, { code: 'unavailable', error: /RUNNER_IMAGE letta-opencode-base:bookworm has no `opencode` on its PATH.*scripts\/runner-image\.sh/ })
-  t.equal(app.tasks.countByStatus().queued ?? 0, 0, 'nothing was stored')
+  t.equal((await app.tasks.countByStatus()).queued ?? 0, 0, 'nothing was stored')
 })
 
 t.test('a missing image: /health degraded, a task refused with the build or pull hint', async (t) => {
   const { app, url } = await listen(t, { env: { RUNNER_IMAGE: MISSING_IMAGE } })
-  await waitFor(t, 'the runner image checked', () => runnerOf(app).present === false, 60_000)
-  t.match(app.health(), {
+  await waitFor(t, 'the runner image checked', async () => (await runnerOf(app)).present === false, 60_000)
+  t.match(await app.health(), {
     statusCode: 200,
     body: { status: 'degraded', runner: { image: MISSING_IMAGE, present: false, opencode_version: null, error: /is not on the Docker engine: build it with `docker build -t letta-opencode-no-such-image:never runner\/`.*docker pull letta-opencode-no-such-image:never/ } }
   })
@@ -112,11 +112,11 @@ t.test('a run that cannot find `opencode` (before the image was checked) fails w
   t.teardown(async () => {
     engine.close()
     await removeOwned(store.owner)
-    store.close()
+    await store.close()
   })
-  const { task } = engine.submit({ principal: 'test' }, { task_description: 'say hi' })
+  const { task } = await engine.submit({ principal: 'test' }, { task_description: 'say hi' })
   let ended: TaskRecord | undefined
-  await waitFor(t, 'the task ended', () => { ended = store.get(task.id); return ended?.status === 'failed' }, 60_000)
+  await waitFor(t, 'the task ended', async () => { ended = await store.get(task.id); return ended?.status === 'failed' }, 60_000)
   t.match(ended, { status: 'failed', exit_code: 127, error: /RUNNER_IMAGE letta-opencode-base:bookworm has no `opencode` on its PATH/ })
 })
 
@@ -126,12 +126,12 @@ t.test('while the image is unusable an idempotent retry still gets its task; a n
   execFileSync('docker', ['tag', 'letta-opencode-test-agent:latest', tag])
   t.teardown(() => { try { execFileSync('docker', ['rmi', tag], { stdio: 'ignore' }) } catch {} })
   const { app, url } = await listen(t, { env: { RUNNER_IMAGE: tag, RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '64m', RUNNER_STOP_GRACE_S: '1' } })
-  await waitFor(t, 'the runner image checked', () => runnerOf(app).usable === true, 60_000)
+  await waitFor(t, 'the runner image checked', async () => (await runnerOf(app)).usable === true, 60_000)
   const { client } = await connect(t, url)
   const first = await ok(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-1' })
   execFileSync('docker', ['rmi', tag], { stdio: 'ignore' })
   await app.runnerImage.check()
-  t.match(runnerOf(app), { present: false, usable: false })
+  t.match(await runnerOf(app), { present: false, usable: false })
   t.match(await ok(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-1' }), { task_id: first.task_id, existing: true }, 'the retry got its task')
   t.match(errorOf(await call(client, 'opencode_execute_task', { task_description: 'sleep 60', idempotency_key: 'retry-2' })), { code: 'unavailable', error: /not on the Docker engine/ })
   await call(client, 'send_task_control', { task_id: first.task_id, control: 'cancel' })

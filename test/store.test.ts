@@ -8,15 +8,15 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../services/letta/outbox-store.js'
 import { PgLettaOutboxStore } from '../services/letta/pg-outbox-store.js'
-import { PgTaskStore, type Async } from '../services/tasks/pg-store.js'
+import { PgTaskStore } from '../services/tasks/pg-store.js'
 import { SqliteTaskStore, type TaskStore } from '../services/tasks/store.js'
 import { openStores } from '../services/tasks/stores.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { tempDir } from './helpers/app.js'
 import { freshDatabase } from './helpers/postgres.js'
 
-type Store = Async<TaskStore>
-type Outbox = Async<LettaOutboxStore>
+type Store = TaskStore
+type Outbox = LettaOutboxStore
 type Kind = 'sqlite' | 'postgres'
 
 const DAY = 86_400_000

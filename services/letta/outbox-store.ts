@@ -22,40 +22,40 @@ export interface LettaSyncRow {
   next_attempt_at: number
 }
 
-/** What the Letta worker needs of its outbox (SQLite here; another database can implement it). */
+/** What the Letta worker needs of its outbox (SQLite here; another database can implement it): every method asynchronous. */
 export interface LettaOutboxStore {
-  track: (taskId: string, agentId: string) => void
-  get: (taskId: string) => LettaSyncRow | undefined
-  update: (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>) => void
+  track: (taskId: string, agentId: string) => Promise<void>
+  get: (taskId: string) => Promise<LettaSyncRow | undefined>
+  update: (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>) => Promise<void>
   /** Rows with work to do now: a block to write, a notification to send, a detach or delete that is due. */
-  due: (now: number, limit: number, detachDelayMs: number) => LettaSyncRow[]
+  due: (now: number, limit: number, detachDelayMs: number) => Promise<LettaSyncRow[]>
   /** Ended tasks whose end the agent was not told of: their notification becomes pending. */
-  catchUp: () => void
-  markDirty: (taskId: string) => void
+  catchUp: () => Promise<void>
+  markDirty: (taskId: string) => Promise<void>
   /** Everything waiting in backoff is due now. */
-  retryNow: () => void
+  retryNow: () => Promise<void>
   /** Outbox rows not done yet (health: pending Letta work). */
-  pending: () => number
+  pending: () => Promise<number>
 }
 
 export class SqliteLettaOutboxStore implements LettaOutboxStore {
   constructor (private readonly db: Database.Database) {}
 
-  track (taskId: string, agentId: string): void {
+  async track (taskId: string, agentId: string): Promise<void> {
     this.db.prepare('INSERT OR IGNORE INTO letta_sync (task_id, agent_id) VALUES (?, ?)').run(taskId, agentId)
   }
 
-  get (taskId: string): LettaSyncRow | undefined {
+  async get (taskId: string): Promise<LettaSyncRow | undefined> {
     return this.db.prepare('SELECT * FROM letta_sync WHERE task_id = ?').get(taskId) as LettaSyncRow | undefined
   }
 
-  update (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>): void {
+  async update (taskId: string, fields: Partial<Omit<LettaSyncRow, 'task_id'>>): Promise<void> {
     const keys = Object.keys(fields)
     if (keys.length) this.db.prepare(`UPDATE letta_sync SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE task_id = @task_id`).run({ ...fields, task_id: taskId })
   }
 
   /** Rows with work to do now: a block to write, a notification to send, a detach or delete that is due. */
-  due (now: number, limit: number, detachDelayMs: number): LettaSyncRow[] {
+  async due (now: number, limit: number, detachDelayMs: number): Promise<LettaSyncRow[]> {
     return this.db.prepare(`SELECT l.* FROM letta_sync l JOIN tasks t ON t.id = l.task_id
       WHERE l.next_attempt_at <= @now AND l.deleted = 0 AND (
         l.dirty = 1 OR l.block_id IS NULL OR (l.attached = 0 AND l.detached = 0) OR l.notify IN ('pending', 'sending')
@@ -68,23 +68,23 @@ export class SqliteLettaOutboxStore implements LettaOutboxStore {
    * Ended tasks whose end the agent was not told of (the process stopped between the task's end and
    * the outbox entry, or a follow-up turn ended): their notification becomes pending.
    */
-  catchUp (): void {
+  async catchUp (): Promise<void> {
     this.db.prepare(`UPDATE letta_sync SET notify = 'pending', dirty = 1 WHERE deleted = 0 AND task_id IN (
       SELECT t.id FROM tasks t WHERE t.id = letta_sync.task_id AND t.status IN ('completed', 'failed', 'timeout', 'cancelled')
       AND (letta_sync.notify = 'none' OR (letta_sync.notify = 'sent' AND t.turns > letta_sync.notified_turn)))`).run()
   }
 
-  markDirty (taskId: string): void {
+  async markDirty (taskId: string): Promise<void> {
     this.db.prepare('UPDATE letta_sync SET dirty = 1 WHERE task_id = ? AND dirty = 0 AND deleted = 0').run(taskId)
   }
 
   /** Everything waiting in backoff is due now (Letta is back, or a new process starts). */
-  retryNow (): void {
+  async retryNow (): Promise<void> {
     this.db.prepare('UPDATE letta_sync SET next_attempt_at = 0 WHERE next_attempt_at > 0 AND deleted = 0').run()
   }
 
   /** Outbox rows not done yet (health: pending Letta work). */
-  pending (): number {
+  async pending (): Promise<number> {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM letta_sync WHERE deleted = 0 AND (dirty = 1 OR notify IN ('pending', 'sending'))").get() as { n: number }).n
   }
 }

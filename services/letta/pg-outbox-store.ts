@@ -4,10 +4,10 @@
  * task).
  */
 import type pg from 'pg'
-import { assignments, columns, type Async } from '../tasks/pg-store.js'
+import { assignments, columns } from '../tasks/pg-store.js'
 import type { LettaOutboxStore, LettaSyncRow } from './outbox-store.js'
 
-export class PgLettaOutboxStore implements Async<LettaOutboxStore> {
+export class PgLettaOutboxStore implements LettaOutboxStore {
   constructor (private readonly pool: pg.Pool) {}
 
   async track (taskId: string, agentId: string): Promise<void> {

@@ -46,6 +46,8 @@ export class LettaSync {
   private ticking?: Promise<void>
   private stopped = false
   private readonly changedIds = new Set<string>()
+  /** What the task engine told, written to the outbox in the order told (a task's row before its end). */
+  private telling: Promise<void> = Promise.resolve()
 
   constructor (
     /** The tasks' reads (a block shows the task and its recent events). */
@@ -66,10 +68,19 @@ export class LettaSync {
 
   // --- what the task engine tells ----------------------------------------------------------------
 
+  /**
+   * Written to the outbox after what was told before; a write that fails is logged (the catch-up of
+   * the next pass finds an ended task whose end the agent was not told of).
+   */
+  private tell (what: string, taskId: string, write: () => Promise<void>): void {
+    this.telling = this.telling.then(write).catch((err: unknown) => this.log.warn({ err, taskId }, `letta outbox: ${what} not recorded; the worker catches up`))
+  }
+
   /** A task of an agent: its block is to be made. Tasks without an agent id have no block. */
   track (task: TaskRecord): void {
-    if (!task.agent_id) return
-    this.outbox.track(task.id, task.agent_id)
+    const agentId = task.agent_id
+    if (!agentId) return
+    this.tell('task', task.id, () => this.outbox.track(task.id, agentId))
   }
 
   /** Something to show changed: written out at the next flush (noted in memory: an agent's burst of events costs nothing here). */
@@ -79,23 +90,25 @@ export class LettaSync {
 
   /** The task (or a follow-up turn of it) ended: final block value, then the notification, once per end. */
   ended (task: TaskRecord): void {
-    const row = this.outbox.get(task.id)
-    if (!row) return
-    const told = row.notified_turn >= task.turns && row.notify === 'sent'
-    this.outbox.update(task.id, { dirty: 1, notify: told ? 'sent' : row.notify === 'sending' ? 'sending' : 'pending', next_attempt_at: 0 })
-    this.kick()
+    this.tell('task end', task.id, async () => {
+      const row = await this.outbox.get(task.id)
+      if (!row) return
+      const told = row.notified_turn >= task.turns && row.notify === 'sent'
+      await this.outbox.update(task.id, { dirty: 1, notify: told ? 'sent' : row.notify === 'sending' ? 'sending' : 'pending', next_attempt_at: 0 })
+      this.kick().catch(() => {})
+    })
   }
 
-  pending (): number {
+  pending (): Promise<number> {
     return this.outbox.pending()
   }
 
   // --- the worker ------------------------------------------------------------------------------
 
-  start (): void {
+  async start (): Promise<void> {
     // a new process owes nothing to the backoff of the last one
-    this.outbox.retryNow()
-    this.timer = setInterval(() => this.kick(), this.config.LETTA_FLUSH_INTERVAL_MS).unref()
+    await this.outbox.retryNow()
+    this.timer = setInterval(() => { this.kick().catch(() => {}) }, this.config.LETTA_FLUSH_INTERVAL_MS).unref()
     this.probe().catch(() => {})
     this.probeTimer = setInterval(() => { this.probe().catch(() => {}) }, this.config.LETTA_PROBE_INTERVAL_MS).unref()
   }
@@ -104,6 +117,7 @@ export class LettaSync {
     this.stopped = true
     clearInterval(this.timer)
     clearInterval(this.probeTimer)
+    await this.telling
     await this.ticking
   }
 
@@ -121,6 +135,7 @@ export class LettaSync {
 
   /** Writes out everything due now; resolves when done (tests and shutdown wait on it). */
   async flush (): Promise<void> {
+    await this.telling
     await this.ticking
     await this.kick()
   }
@@ -133,7 +148,7 @@ export class LettaSync {
       if (!was) {
         this.log.info({ version: health.version }, 'letta reachable')
         // Letta is back: what waited in backoff goes out now
-        this.outbox.retryNow()
+        await this.outbox.retryNow().catch((err: unknown) => this.log.warn({ err }, 'letta outbox: backoff not reset'))
         this.kick().catch(() => {})
       }
     } catch (err) {
@@ -145,22 +160,23 @@ export class LettaSync {
   }
 
   private async tick (): Promise<void> {
-    for (const id of this.changedIds) this.outbox.markDirty(id)
+    const changed = [...this.changedIds]
     this.changedIds.clear()
-    this.outbox.catchUp()
-    const due = this.outbox.due(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
+    for (const id of changed) await this.outbox.markDirty(id)
+    await this.outbox.catchUp()
+    const due = await this.outbox.due(Date.now(), BATCH, this.config.LETTA_DETACH_DELAY_MS)
     await Promise.all(due.map((row) => this.process(row)))
   }
 
   /** One task's outbox entry: the block (create, attach, update, detach, delete), then the notification, each on its own. */
   private async process (row: LettaSyncRow): Promise<void> {
-    const task = this.store.get(row.task_id)
+    const task = await this.store.get(row.task_id)
     if (!task) return
     const failures: Array<{ step: 'block' | 'notification', message: string, unknownAgent: boolean }> = []
     try {
       if (task.workspace_removed_at) {
         if (row.block_id) await this.client.blocks.delete(row.block_id).catch((err: unknown) => { if (!(err instanceof APIError && err.status === 404)) throw err })
-        this.outbox.update(task.id, { deleted: 1, attached: 0, dirty: 0 })
+        await this.outbox.update(task.id, { deleted: 1, attached: 0, dirty: 0 })
         return
       }
       row = await this.syncBlock(task, row)
@@ -172,7 +188,7 @@ export class LettaSync {
         message: unknownAgent ? `Letta agent ${row.agent_id} was not found (the block ${blockLabel(task.id)} could not be attached); the task runs on: check the agent_id` : describe(err)
       })
       // a block write that failed is owed again
-      if (row.dirty) this.outbox.update(task.id, { dirty: 1 })
+      if (row.dirty) await this.outbox.update(task.id, { dirty: 1 })
     }
     // the notification does not wait for the block: an agent hears of the end even if its block is stuck
     if (row.notify === 'pending' || row.notify === 'sending') {
@@ -183,13 +199,13 @@ export class LettaSync {
       }
     }
     if (failures.length === 0) {
-      if (row.error || row.attempts) this.outbox.update(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
+      if (row.error || row.attempts) await this.outbox.update(task.id, { error: null, attempts: 0, next_attempt_at: 0 })
       return
     }
     const attempts = row.attempts + 1
     // exponential backoff with jitter; an unknown agent is retried rarely
     const delay = failures.some((f) => f.unknownAgent) ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
-    this.outbox.update(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
+    await this.outbox.update(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
     for (const f of failures) {
       this.onFailure(f.step)
       this.log.warn({ taskId: task.id, agentId: row.agent_id, step: f.step, attempts, error: f.message }, 'letta update failed; it will be retried')
@@ -201,27 +217,27 @@ export class LettaSync {
     if (!row.block_id) {
       const block = await this.client.blocks.create({
         label: blockLabel(task.id),
-        value: this.value(task),
+        value: await this.value(task),
         limit: this.config.WORKSPACE_BLOCK_LIMIT,
         description: BLOCK_DESCRIPTION,
         metadata: { source: 'letta-opencode-plugin', task_id: task.id }
       })
       row = { ...row, block_id: block.id, dirty: 0 }
-      this.outbox.update(task.id, { block_id: block.id, dirty: 0 })
+      await this.outbox.update(task.id, { block_id: block.id, dirty: 0 })
     }
     if (!row.attached && !row.detached) {
       await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
-      this.outbox.update(task.id, { attached: 1 })
+      await this.outbox.update(task.id, { attached: 1 })
       row = { ...row, attached: 1 }
     }
     if (row.dirty) {
       // cleared before the read: a change during the write marks it again
-      this.outbox.update(task.id, { dirty: 0 })
-      await this.client.blocks.update(row.block_id as string, { value: this.value(this.store.get(task.id) as TaskRecord) })
+      await this.outbox.update(task.id, { dirty: 0 })
+      await this.client.blocks.update(row.block_id as string, { value: await this.value(await this.store.get(task.id) as TaskRecord) })
     }
     if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
       await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
-      this.outbox.update(task.id, { attached: 0, detached: 1 })
+      await this.outbox.update(task.id, { attached: 0, detached: 1 })
       row = { ...row, attached: 0, detached: 1 }
     }
     return row
@@ -233,14 +249,14 @@ export class LettaSync {
    * The call itself is not retried by the SDK (a timed-out send may have arrived).
    */
   private async notify (task: TaskRecord, row: LettaSyncRow): Promise<void> {
-    const current = this.store.get(task.id) as TaskRecord
+    const current = await this.store.get(task.id) as TaskRecord
     if (row.notify === 'sending' && await this.delivered(row.agent_id, notificationRef(current))) {
-      this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
+      await this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
       return
     }
-    this.outbox.update(task.id, { notify: 'sending' })
+    await this.outbox.update(task.id, { notify: 'sending' })
     await this.client.agents.messages.createAsync(row.agent_id, { messages: [{ role: 'user', content: notificationText(current) }] }, { maxRetries: 0 })
-    this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
+    await this.outbox.update(task.id, { notify: 'sent', notified_turn: current.turns })
     this.log.info({ taskId: task.id, agentId: row.agent_id, turn: current.turns }, 'letta notified of the task end')
   }
 
@@ -250,7 +266,7 @@ export class LettaSync {
     return page.getPaginatedItems().some((m) => JSON.stringify(m).includes(ref))
   }
 
-  private value (task: TaskRecord): string {
-    return buildBlockValue(task, this.store.events(task.id, 0, EVENTS_READ, 'desc').reverse(), { chars: this.config.WORKSPACE_BLOCK_LIMIT, maxEvents: this.config.WORKSPACE_MAX_EVENTS })
+  private async value (task: TaskRecord): Promise<string> {
+    return buildBlockValue(task, (await this.store.events(task.id, 0, EVENTS_READ, 'desc')).reverse(), { chars: this.config.WORKSPACE_BLOCK_LIMIT, maxEvents: this.config.WORKSPACE_MAX_EVENTS })
   }
 }

@@ -12,7 +12,7 @@ import { taskCapabilities, type Era } from './tasks-protocol.js'
 export interface ToolDeps extends TaskToolDeps {
   version: string
   /** The same report as GET /health. */
-  health: () => HealthReport
+  health: () => Promise<HealthReport>
   /** Told of every tool call when it ends: metrics and the call's log line. */
   onToolCall?: (call: ToolCall) => void
 }
@@ -93,7 +93,7 @@ export function createMcpServer (deps: ToolDeps, principal: string, era: Era = '
     outputSchema: HealthReportSchema,
     annotations: { readOnlyHint: true, openWorldHint: false }
   }, async (_args, ctx) => {
-    const report = deps.health()
+    const report = await deps.health()
     if (report.status !== 'healthy') await ctx.mcpReq.log('warning', { status: report.status }, 'health')
     return jsonResult(report)
   })

@@ -52,8 +52,10 @@ async function waitWithProgress (tasks: TaskEngine, principal: string, id: strin
   }
   // one engine dispatcher for every task's subscribers, not one engine listener per call
   const unsubscribe = tasks.subscribe(id, (event) => send(event.summary))
-  send(`task ${tasks.get(principal, id).status}`)
-  const heartbeat = setInterval(() => send(`task ${tasks.get(principal, id).status}${tasks.lastEvent(id) ? `: ${tasks.lastEvent(id)}` : ''}`), 2_000)
+  send(`task ${(await tasks.get(principal, id)).status}`)
+  const heartbeat = setInterval(() => {
+    tasks.get(principal, id).then((task) => send(`task ${task.status}${tasks.lastEvent(id) ? `: ${tasks.lastEvent(id)}` : ''}`), () => {})
+  }, 2_000)
   try {
     return await tasks.waitForEnd(id, ms, ctx.mcpReq.signal)
   } finally {
@@ -207,7 +209,7 @@ export function installTasks (server: McpServer, deps: TaskToolDeps, principal: 
     // invalid arguments get the SDK's validation error; with async execution off, the call runs synchronously
     if (!parsed.success || !deps.asyncEnabled) return undefined
     try {
-      return { task: deps.tasks.submit({ principal, agentId: callerOf(principal, ctx).agentId }, parsed.data).task }
+      return { task: (await deps.tasks.submit({ principal, agentId: callerOf(principal, ctx).agentId }, parsed.data)).task }
     } catch (err) {
       return { refused: fromError(err) }
     }
@@ -233,7 +235,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     const caller = callerOf(principal, ctx)
     let submitted
     try {
-      submitted = tasks.submit({ principal, agentId: caller.agentId }, args)
+      submitted = await tasks.submit({ principal, agentId: caller.agentId }, args)
     } catch (err) {
       return fromError(err)
     }
@@ -254,7 +256,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
     try {
-      return jsonResult({ ...taskView(tasks.get(principal, id)), recent_events: tasks.recentEvents(principal, id, 5).map(recentEventView) })
+      return jsonResult({ ...taskView(await tasks.get(principal, id)), recent_events: (await tasks.recentEvents(principal, id, 5)).map(recentEventView) })
     } catch (err) {
       return fromError(err)
     }
@@ -274,7 +276,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     }
     try {
       const pageSize = limit ?? (eventsLimit === undefined ? 100 : eventsLimit === -1 ? EVENTS_ALL_CAP : Math.min(eventsLimit, EVENTS_ALL_CAP))
-      const { task, events, total } = tasks.history(principal, id, after ?? 0, pageSize, offset)
+      const { task, events, total } = await tasks.history(principal, id, after ?? 0, pageSize, offset)
       const ended = task.finished_at
       return jsonResult({
         task_id: task.id,
@@ -320,7 +322,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     outputSchema: ListTasksOutput,
     annotations: { readOnlyHint: true }
   }, async (filter) => {
-    const { tasks: list, total, cost_total: costTotal } = tasks.list(principal, filter)
+    const { tasks: list, total, cost_total: costTotal } = await tasks.list(principal, filter)
     return jsonResult({ tasks: list.map(taskView), total, ...(costTotal === undefined ? {} : { cost_total: costTotal }) })
   })
 
@@ -351,7 +353,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     outputSchema: SendTaskMessageOutput
   }, async ({ task_id: id, message, message_type: type = 'update', metadata }) => {
     try {
-      const { task, delivery, message_id: messageId, timestamp } = tasks.message(principal, id, message, { type, metadata })
+      const { task, delivery, message_id: messageId, timestamp } = await tasks.message(principal, id, message, { type, metadata })
       return jsonResult({ ...taskView(task), delivery, message_id: messageId, message_type: type, timestamp })
     } catch (err) {
       return fromError(err)
@@ -404,7 +406,7 @@ export function registerTaskTools (server: McpServer, deps: TaskToolDeps, princi
     annotations: { readOnlyHint: true }
   }, async ({ task_id: id }) => {
     try {
-      const task = tasks.get(principal, id)
+      const task = await tasks.get(principal, id)
       const hint = task.diff === null ? (TERMINAL.has(task.status) ? 'The workspace is not a git repository: get_task_files and read_task_file show its files.' : 'The diff is made when the task ends.') : undefined
       return jsonResult({ task_id: id, status: task.status, diff: task.diff, truncated: task.diff_truncated, ...(hint ? { hint } : {}) })
     } catch (err) {

@@ -103,8 +103,8 @@ export class TaskProtocol {
         const { task } = submitted
         this.watch(task)
         return this.era === 'legacy'
-          ? { task: this.v1(task), _meta: { 'io.modelcontextprotocol/model-immediate-response': `Task ${task.id} accepted; its result arrives when it ends.` } }
-          : { resultType: 'task', ...this.v2(task) }
+          ? { task: await this.v1(task), _meta: { 'io.modelcontextprotocol/model-immediate-response': `Task ${task.id} accepted; its result arrives when it ends.` } }
+          : { resultType: 'task', ...await this.v2(task) }
       }
     }
     if (this.era === 'legacy') this.installV1(server)
@@ -112,17 +112,17 @@ export class TaskProtocol {
   }
 
   /** The task record, or the spec's error for an unknown task (another principal's included). */
-  private find (id: string): TaskRecord {
+  private async find (id: string): Promise<TaskRecord> {
     try {
-      return this.deps.tasks.get(this.principal, id)
+      return await this.deps.tasks.get(this.principal, id)
     } catch (err) {
       if (err instanceof TaskError && err.code === 'not_found') throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Failed to retrieve task: task ${id} not found`)
       throw err
     }
   }
 
-  private base (task: TaskRecord) {
-    const last = this.deps.tasks.recentEvents(this.principal, task.id, 1)[0]
+  private async base (task: TaskRecord) {
+    const [last] = await this.deps.tasks.recentEvents(this.principal, task.id, 1)
     const event = last ? recentEventView(last) : undefined
     const updated = Math.max(task.created_at, task.started_at ?? 0, task.finished_at ?? 0, event?.timestamp ?? 0)
     return {
@@ -138,12 +138,12 @@ export class TaskProtocol {
     return this.deps.retentionMs === 0 ? null : this.deps.retentionMs
   }
 
-  private v1 (task: TaskRecord): TaskV1 {
-    return { ...this.base(task), ttl: this.ttl, pollInterval: POLL_INTERVAL_MS }
+  private async v1 (task: TaskRecord): Promise<TaskV1> {
+    return { ...await this.base(task), ttl: this.ttl, pollInterval: POLL_INTERVAL_MS }
   }
 
-  private v2 (task: TaskRecord): TaskV2 {
-    return { ...this.base(task), ttlMs: this.ttl, pollIntervalMs: POLL_INTERVAL_MS }
+  private async v2 (task: TaskRecord): Promise<TaskV2> {
+    return { ...await this.base(task), ttlMs: this.ttl, pollIntervalMs: POLL_INTERVAL_MS }
   }
 
   /** The tool result an ended task stands for: the task view, an error result unless it completed. */
@@ -159,13 +159,13 @@ export class TaskProtocol {
     const onclose = protocol.onclose
     protocol.onclose = () => { this.closed.abort(); onclose?.() }
     this.notifyEnd = (task) => {
-      protocol.notification({ method: 'notifications/tasks/status', params: this.v1(task) } as never).catch(() => {})
+      this.v1(task).then((params) => protocol.notification({ method: 'notifications/tasks/status', params } as never)).catch(() => {})
     }
 
-    protocol.setRequestHandler('tasks/get', { params: GetTaskRequestV1Schema.shape.params }, async ({ taskId }) => ({ ...this.v1(this.find(taskId)) }))
+    protocol.setRequestHandler('tasks/get', { params: GetTaskRequestV1Schema.shape.params }, async ({ taskId }) => ({ ...await this.v1(await this.find(taskId)) }))
 
     protocol.setRequestHandler('tasks/result', { params: GetTaskResultRequestV1Schema.shape.params }, async ({ taskId }, ctx) => {
-      let task = this.find(taskId)
+      let task = await this.find(taskId)
       while (!TERMINAL.has(task.status) && !ctx.mcpReq.signal.aborted) task = await this.deps.tasks.waitForEnd(taskId, MAX_WAIT_MS, ctx.mcpReq.signal)
       if (!TERMINAL.has(task.status)) throw new ProtocolError(ProtocolErrorCode.InternalError, `Task ${taskId} has not ended`)
       const result = this.resultOf(task)
@@ -177,15 +177,15 @@ export class TaskProtocol {
       if (cursor !== undefined && (!/^\d{1,15}$/.test(cursor) || offset > MAX_OFFSET)) {
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Invalid cursor "${cursor}": pass the nextCursor of the previous page`)
       }
-      const { tasks, total } = this.deps.tasks.list(this.principal, { limit: TASKS_PAGE, offset })
+      const { tasks, total } = await this.deps.tasks.list(this.principal, { limit: TASKS_PAGE, offset })
       const next = offset + tasks.length
-      return { tasks: tasks.map((t) => this.v1(t)), ...(next < total ? { nextCursor: String(next) } : {}) }
+      return { tasks: await Promise.all(tasks.map((t) => this.v1(t))), ...(next < total ? { nextCursor: String(next) } : {}) }
     })
 
     protocol.setRequestHandler('tasks/cancel', { params: CancelTaskRequestV1Schema.shape.params }, async ({ taskId }) => {
-      const task = this.find(taskId)
+      const task = await this.find(taskId)
       if (TERMINAL.has(task.status)) throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Cannot cancel task: already in terminal status '${MCP_STATUS[task.status]}'`)
-      return { ...this.v1(await this.cancel(task)) }
+      return { ...await this.v1(await this.cancel(task)) }
     })
   }
 
@@ -207,7 +207,7 @@ export class TaskProtocol {
       return await this.deps.tasks.control(this.principal, task.id, 'cancel', 'tasks/cancel')
     } catch (err) {
       // it ended meanwhile: its end stands
-      if (err instanceof TaskError && err.code === 'conflict') return this.find(task.id)
+      if (err instanceof TaskError && err.code === 'conflict') return await this.find(task.id)
       throw err
     }
   }
@@ -223,13 +223,13 @@ export class TaskProtocol {
 
     protocol.setRequestHandler('tasks/get', { params: GetTaskRequestV2Schema.shape.params }, async ({ taskId }, ctx) => {
       gate(ctx)
-      const task = this.find(taskId)
+      const task = await this.find(taskId)
       const detail = task.status === 'completed'
         ? { result: { ...this.resultOf(task), resultType: 'complete' } }
         : MCP_STATUS[task.status] === 'failed'
           ? { error: { code: -32_000, message: `Task ${task.status}: ${task.error ?? task.reason ?? 'no reason recorded'}`, data: this.deps.view(task).structuredContent } }
           : {}
-      return { resultType: 'complete', ...this.v2(task), ...detail }
+      return { resultType: 'complete', ...await this.v2(task), ...detail }
     })
 
     // nothing of ours asks for input: answers are acknowledged and ignored, as the spec says of unknown keys.
@@ -238,13 +238,13 @@ export class TaskProtocol {
     protocol.setRequestHandler('tasks/update', { params: UpdateTaskRequestV2Schema.shape.params.omit({ inputResponses: true }) }, async ({ taskId }, ctx) => {
       gate(ctx)
       if (ctx.mcpReq.inputResponses === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidParams, 'Invalid params for tasks/update: inputResponses is required')
-      this.find(taskId)
+      await this.find(taskId)
       return { resultType: 'complete' }
     })
 
     protocol.setRequestHandler('tasks/cancel', { params: CancelTaskRequestV2Schema.shape.params }, async ({ taskId }, ctx) => {
       gate(ctx)
-      const task = this.find(taskId)
+      const task = await this.find(taskId)
       // cancelling an ended task is acknowledged the same way (idempotent in this era)
       if (!TERMINAL.has(task.status)) await this.cancel(task)
       return { resultType: 'complete' }

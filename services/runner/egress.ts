@@ -206,10 +206,10 @@ export class Egress {
 
   /** `taskRules`: a task's own (narrower) list, or undefined when it has none. */
   constructor (private readonly docker: DockerEngine, private readonly owner: string, rules: EgressRule[], hostMap: Record<string, string>,
-    taskRules?: (taskId: string) => EgressRule[] | undefined) {
+    taskRules?: (taskId: string) => Promise<EgressRule[] | undefined>) {
     this.proxy = new EgressProxy(rules, hostMap, taskRules && (async (address) => {
       const taskId = await this.taskOf(address)
-      return taskId ? taskRules(taskId) : undefined
+      return taskId ? await taskRules(taskId) : undefined
     }))
   }
 

@@ -114,10 +114,10 @@ export async function readLogRange (path: string, offset: number, limit: number)
  * A log file from `offset` as it grows, until `ended()` is true and everything written is read
  * (the writer closes the file before the task is marked ended), or until `signal` aborts.
  */
-export async function * followLog (path: string, ended: () => boolean, signal: AbortSignal, offset = 0, pollMs = 200): AsyncGenerator<Buffer> {
+export async function * followLog (path: string, ended: () => Promise<boolean>, signal: AbortSignal, offset = 0, pollMs = 200): AsyncGenerator<Buffer> {
   const chunk = 64 * 1024
   while (!signal.aborted) {
-    const finished = ended() // read before the file: whatever was written by then is read below
+    const finished = await ended() // read before the file: whatever was written by then is read below
     const { data } = await readLogRange(path, offset, chunk)
     if (data.length > 0) {
       offset += data.length

@@ -125,19 +125,19 @@ export class Workspaces {
   }
 
   /** Removes workspaces past their retention, and those of no task once older than the grace period. */
-  async expire (taskOf: (id: string) => WorkspaceRetention | undefined, onRemoved: (taskId: string) => void): Promise<void> {
+  async expire (taskOf: (id: string) => Promise<WorkspaceRetention | undefined>, onRemoved: (taskId: string) => Promise<void>): Promise<void> {
     const volumes = await this.docker.listVolumes({ [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.owner })
     const now = Date.now()
     for (const v of volumes) {
       const taskId = v.Labels?.[LABEL.task] ?? ''
-      const task = taskOf(taskId)
+      const task = await taskOf(taskId)
       const created = v.CreatedAt ? Date.parse(v.CreatedAt) : 0
       const expired = task
         ? task.ended && (task.finished_at ?? now) + this.config.WORKSPACE_RETENTION_MS <= now
         : now - created >= this.config.ORPHAN_GRACE_MS
       if (!expired) continue
       const gone = await this.docker.removeVolume(v.Name, true).then(() => true, () => false)
-      if (gone && task && !task.workspace_removed_at && v.Name === workspaceVolume(taskId)) onRemoved(taskId)
+      if (gone && task && !task.workspace_removed_at && v.Name === workspaceVolume(taskId)) await onRemoved(taskId)
     }
   }
 

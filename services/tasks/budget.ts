@@ -72,14 +72,14 @@ export interface DailyState { scope: 'agent' | 'principal', variable: string, wh
  * The first rolling daily budget the caller has used up (spent ≥ budget over the last 24 h), with
  * when it frees up again: when enough of the oldest spending leaves the window. Undefined when none is.
  */
-export function dailyOver (config: BudgetConfig, store: TaskStore, principal: string, agentId: string | null, now = Date.now()): DailyState | undefined {
+export async function dailyOver (config: BudgetConfig, store: Pick<TaskStore, 'spending'>, principal: string, agentId: string | null, now = Date.now()): Promise<DailyState | undefined> {
   const checks: Array<[DailyState['scope'], string, number, string | undefined]> = [
     ['agent', 'AGENT_DAILY_COST', config.AGENT_DAILY_COST, agentId ?? undefined],
     ['principal', 'PRINCIPAL_DAILY_COST', config.PRINCIPAL_DAILY_COST, undefined]
   ]
   for (const [scope, variable, budget, agent] of checks) {
     if (budget <= 0 || (scope === 'agent' && agent === undefined)) continue
-    const spending = store.spending(principal, now - DAY_MS, agent)
+    const spending = await store.spending(principal, now - DAY_MS, agent)
     if (spending.cost < budget) continue
     let left = spending.cost
     let resetsAt = now + DAY_MS

@@ -96,6 +96,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly reading = new Map<string, number>()
   /** Aborted on close: monitors stop following; their tasks stay running in the store for recovery. */
   private readonly closing = new AbortController()
+  /**
+   * Per task, the tail of its read-decide-write steps on status and pending messages (a follow-up
+   * message, a turn's start, a task's end): they run one after another, as the store's reads and
+   * writes are awaited and another step could otherwise come in between.
+   */
+  private readonly steps = new Map<string, Promise<unknown>>()
+  /** Tasks made by a submit() that has not scheduled them yet: recovery leaves them to it. */
+  private readonly submitting = new Set<string>()
 
   constructor (
     readonly store: TaskStore,
@@ -119,7 +127,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   get running (): number { return this.semaphore.running }
   get queued (): number { return this.semaphore.waiting }
   get draining (): boolean { return !this.accepting }
-  countByStatus (): Partial<Record<TaskStatus, number>> { return this.store.countByStatus() }
+  async countByStatus (): Promise<Partial<Record<TaskStatus, number>>> { return this.store.countByStatus() }
   /** The last thing a live task's agent did (for progress messages). */
   lastEvent (id: string): string | undefined { return this.live.get(id)?.lastEvent }
 
@@ -158,7 +166,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   // --- submit ---------------------------------------------------------------------------------
 
-  submit (caller: Caller, args: SubmitArgs): { task: TaskRecord, existing: boolean } {
+  async submit (caller: Caller, args: SubmitArgs): Promise<{ task: TaskRecord, existing: boolean }> {
     const description = args.task_description.trim()
     if (!description) throw new TaskError('invalid', 'task_description is empty: describe the development task to run')
     const timeout = args.timeout_ms ?? this.config.RUNNER_TIMEOUT_MS
@@ -171,16 +179,22 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const agentId = args.agent_id ?? caller.agentId ?? null
     const limits = taskLimits(this.config, args)
     const egressAllow = args.egress_allow ? this.checkEgressAllow(args.egress_allow) : null
+    // read before: create() runs inside the store's idempotency claim, synchronously
+    const daily = await dailyOver(this.config, this.store, caller.principal, agentId)
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
-    // stored; a retry with a known key gets its task all the same
+    // stored; a retry with a known key gets its task all the same. Its slot is taken with the check
+    // of the queue's room, in one synchronous step: submissions in flight cannot overfill the queue
+    let made: { task: TaskRecord, slot: Promise<() => void> } | undefined
     const create = (): TaskRecord => {
       if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
       const refusal = this.runnerImage?.refusal
       if (refusal) throw new TaskError('unavailable', refusal)
       if (this.semaphore.full) throw this.queueFull()
-      const daily = dailyOver(this.config, this.store, caller.principal, agentId)
       if (daily) throw dailyRefusal(daily)
-      return newTask()
+      const task = newTask()
+      made = { task, slot: this.semaphore.acquire(task.id) }
+      this.submitting.add(task.id)
+      return task
     }
     const newTask = (): TaskRecord => ({
       id: `task_${randomUUID()}`,
@@ -216,26 +230,53 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
 
     let task: TaskRecord
-    if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
-      const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
-      const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits]), ...(egressAllow ? [egressAllow] : [])])).digest('hex')
-      const claim = this.store.claimIdempotent({ principal: caller.principal, agent_id: agentId ?? '', key: args.idempotency_key, args_hash: argsHash, ttlMs: this.config.IDEMPOTENCY_TTL_MS }, create)
-      if (claim.existing) {
-        if (claim.args_hash !== argsHash) {
-          throw new TaskError('conflict', `idempotency_key "${args.idempotency_key}" was already used for different arguments (task ${claim.task.id}); use a new key for a different task`, { task_id: claim.task.id })
+    try {
+      if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
+        const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
+        const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits]), ...(egressAllow ? [egressAllow] : [])])).digest('hex')
+        const claim = await this.store.claimIdempotent({ principal: caller.principal, agent_id: agentId ?? '', key: args.idempotency_key, args_hash: argsHash, ttlMs: this.config.IDEMPOTENCY_TTL_MS }, create)
+        if (claim.existing) {
+          if (claim.args_hash !== argsHash) {
+            throw new TaskError('conflict', `idempotency_key "${args.idempotency_key}" was already used for different arguments (task ${claim.task.id}); use a new key for a different task`, { task_id: claim.task.id })
+          }
+          if (made) this.giveBack(made.task.id, made.slot)
+          return { task: claim.task, existing: true }
         }
-        return { task: claim.task, existing: true }
+        task = claim.task
+      } else {
+        task = create()
+        await this.store.insert(task)
       }
-      task = claim.task
-    } else {
-      task = create()
-      this.store.insert(task)
+      await this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms, model: task.model, ...(task.observers.length ? { observers: task.observers } : {}) })
+    } catch (err) {
+      // a task made but not stored (or not announced), or a key's existing task: the slot taken goes back
+      if (made) this.giveBack(made.task.id, made.slot)
+      throw err
     }
-    this.store.addEvent(task.id, 'queued', { agent_id: task.agent_id, timeout_ms: task.timeout_ms, model: task.model, ...(task.observers.length ? { observers: task.observers } : {}) })
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
-    this.schedule(task)
+    this.schedule(task, undefined, made?.slot)
+    this.submitting.delete(task.id)
     return { task, existing: false }
+  }
+
+  /** A slot taken for a task that will not be scheduled: withdrawn if it waits, released if it was given. */
+  private giveBack (id: string, slot: Promise<() => void>): void {
+    this.submitting.delete(id)
+    this.semaphore.withdraw(id, new Error('not scheduled'))
+    slot.then((release) => release(), () => {})
+  }
+
+  /**
+   * Runs `fn` after the task's earlier read-decide-write steps have ended (see `steps`). `fn` must
+   * not wait on another step of the same task (finish() takes one).
+   */
+  private step<T> (id: string, fn: () => Promise<T>): Promise<T> {
+    const result = (this.steps.get(id) ?? Promise.resolve()).then(fn)
+    const tail = result.then(() => {}, () => {})
+    this.steps.set(id, tail)
+    tail.then(() => { if (this.steps.get(id) === tail) this.steps.delete(id) }, () => {})
+    return result
   }
 
   private checkModel (model: string | undefined): string | null {
@@ -281,13 +322,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
   }
 
-  /** `attached`: a container that still runs from before a restart; it takes its slot at once. */
-  private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean, exited: boolean }): void {
+  /**
+   * `attached`: a container that still runs from before a restart; it takes its slot at once.
+   * `reserved`: the slot the task took when it was made (submit, a follow-up message).
+   */
+  private schedule (task: TaskRecord, attached?: { containerId: string, remainingMs: number, paused: boolean, exited: boolean }, reserved?: Promise<() => void>): void {
     const live = this.newRun(task.id, attached
       ? { remainingMs: attached.remainingMs, containerId: attached.containerId, paused: attached.paused, exited: attached.exited }
       : { remainingMs: task.timeout_ms })
     this.live.set(task.id, live)
-    const slot = attached ? Promise.resolve(this.semaphore.take()) : this.semaphore.acquire(task.id)
+    const slot = attached ? Promise.resolve(this.semaphore.take()) : reserved ?? this.semaphore.acquire(task.id)
     slot.then(async (release) => {
       try {
         // draining: a task that has not started stays queued in the store for the next start
@@ -309,7 +353,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       docker: this.docker,
       config: this.config,
       signal: this.closing.signal,
-      onEnding: (reason, detail) => { this.store.addEvent(id, reason, detail ? { error: detail } : {}) },
+      onEnding: (reason, detail) => this.store.addEvent(id, reason, detail ? { error: detail } : {})
+        .then(() => {}, (err: Error) => this.log.error({ taskId: id, err }, 'the ending of a task could not be recorded')),
       onRemoveFailed: (err) => this.log.warn({ taskId: id, err }, 'container removal failed')
     }, init)
   }
@@ -319,9 +364,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * arrived meanwhile. `attached` is a container still running from before a restart.
    */
   private async run (id: string, live: Run, attached: boolean): Promise<void> {
-    let task = this.store.get(id)
+    let task = await this.store.get(id)
     if (!task || (task.status !== 'queued' && !attached)) return
-    if (endingOf(live) === 'cancelled') return this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
+    if (endingOf(live) === 'cancelled') {
+      await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled before it started' })
+      return
+    }
     for (;;) {
       let outcome: TurnOutcome
       if (attached) {
@@ -335,44 +383,50 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (this.closing.signal.aborted) return
       // a follow-up message continues the session when the turn ended well; one that arrives while
       // the end is being recorded (the diff) is caught by endTask and continues it all the same
-      if (!this.continues(id, live, outcome) && await this.endTask(id, live, outcome)) return
+      if (!await this.continues(id, live, outcome) && await this.endTask(id, live, outcome)) return
       await live.remove()
-      task = this.store.get(id) as TaskRecord
-      this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
-      transition(this.store, id, 'queued', { output: outcome.capture.output.text() })
-      task = this.store.get(id) as TaskRecord
+      task = await this.store.get(id) as TaskRecord
+      await this.store.addEvent(id, 'turn_finished', { turn: task.turns, exit_code: 0 })
+      await transition(this.store, id, 'queued', { output: outcome.capture.output.text() })
+      task = await this.store.get(id) as TaskRecord
       // the next turn's run: a cancel that came meanwhile carries over
       live = live.next(task.timeout_ms)
       this.live.set(id, live)
     }
   }
 
-  /** Whether the turn ended well and a follow-up message waits: read and decided in one synchronous step. */
-  private continues (id: string, live: Run, outcome: TurnOutcome): boolean {
-    const pending = (this.store.get(id) as TaskRecord).pending
+  /** Whether the turn ended well and a follow-up message waits (decided within a step of the task, see endTask). */
+  private async continues (id: string, live: Run, outcome: TurnOutcome): Promise<boolean> {
+    const pending = (await this.store.get(id) as TaskRecord).pending
     return outcome.reason === 'exit' && outcome.exitCode === 0 && pending.length > 0 && !live.ending && this.accepting && !this.closing.signal.aborted
   }
 
   /** One turn's container: volumes and inputs on the first turn, then create → attach → start. */
-  private async startTurn (task: TaskRecord, live: Run): Promise<AsyncIterable<LogChunk> | undefined> {
-    const id = task.id
-    const turn = task.turns + 1
-    const prompt = turn === 1 ? task.description : task.pending[0]
-    // a budget used up before the turn starts (the last turn's steps, the agent's day): no container
-    const used = exhausted(task.limits, spentOf(task))
-    const daily = dailyOver(this.config, this.store, task.principal, task.agent_id)
-    if (used ?? daily) {
-      const error = used ? `budget: turn ${turn} was not started: ${used}` : `budget: turn ${turn} was not started: ${dailyMessage(daily!)}`
-      await this.finish(id, { status: 'failed', reason: 'budget', error })
+  private async startTurn (queued: TaskRecord, live: Run): Promise<AsyncIterable<LogChunk> | undefined> {
+    const id = queued.id
+    // the pending messages read and the one this turn takes written in one step: a message sent meanwhile waits
+    const start = await this.step(id, async () => {
+      const task = await this.store.get(id) as TaskRecord
+      const turn = task.turns + 1
+      // a budget used up before the turn starts (the last turn's steps, the agent's day): no container
+      const used = exhausted(task.limits, spentOf(task))
+      const daily = await dailyOver(this.config, this.store, task.principal, task.agent_id)
+      const startedAt = Date.now()
+      if (used ?? daily) return { task, turn, startedAt, refused: used ? `budget: turn ${turn} was not started: ${used}` : `budget: turn ${turn} was not started: ${dailyMessage(daily!)}` }
+      await transition(this.store, id, 'running', {
+        turns: turn,
+        pending: turn === 1 ? task.pending : task.pending.slice(1),
+        ...(turn === 1 ? { started_at: startedAt } : {})
+      })
+      return { task, turn, startedAt, refused: undefined }
+    })
+    const { task, turn, startedAt } = start
+    if (start.refused) {
+      await this.finish(id, { status: 'failed', reason: 'budget', error: start.refused })
       return undefined
     }
-    const startedAt = Date.now()
-    transition(this.store, id, 'running', {
-      turns: turn,
-      pending: turn === 1 ? task.pending : task.pending.slice(1),
-      ...(turn === 1 ? { started_at: startedAt } : {})
-    })
-    this.store.addEvent(id, turn === 1 ? 'started' : 'turn_started', turn === 1 ? {} : { turn, message: prompt })
+    const prompt = turn === 1 ? task.description : task.pending[0]
+    await this.store.addEvent(id, turn === 1 ? 'started' : 'turn_started', turn === 1 ? {} : { turn, message: prompt })
     this.log.info({ taskId: id, agentId: task.agent_id, principal: task.principal, turn, queuedMs: startedAt - task.created_at }, turn === 1 ? 'task started' : 'task turn started')
     if (turn === 1) this.emit('started', { ...task, status: 'running', started_at: startedAt, turns: 1 })
     try {
@@ -402,14 +456,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   /** Follows the run's started container to its end: its events stored and told, its result stored. */
   private async monitor (id: string, live: Run, stream: AsyncIterable<LogChunk>): Promise<TurnOutcome> {
-    const task = this.store.get(id) as TaskRecord
+    const task = await this.store.get(id) as TaskRecord
     // the timeout clock runs from here (unless the task is paused); kept in the store for a restart
-    if (live.startClock()) this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
+    if (live.startClock()) await this.store.update(id, { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     let stored = 0
     // what the task spent: its finished turns, then this turn's steps as they end
     const spent = spentOf(task)
     const budgeted = task.limits != null || this.config.AGENT_DAILY_COST > 0 || this.config.PRINCIPAL_DAILY_COST > 0
-    const stepEnded = (e: ParsedEvent) => {
+    const stepEnded = async (e: ParsedEvent) => {
       // what the agent's output says is counted only as a finite, non-negative number
       const count = (n: unknown) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0)
       const reported = e.data.tokens as { input?: unknown, output?: unknown }
@@ -417,26 +471,26 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const cost = count(e.data.cost)
       spent.tokens += tokens
       spent.cost += cost
-      this.store.update(id, { spent: { ...spent } })
-      this.store.addSpend({ task_id: id, step: spent.steps, principal: task.principal, agent_id: task.agent_id, at: Date.now(), cost, tokens })
+      await this.store.update(id, { spent: { ...spent } })
+      await this.store.addSpend({ task_id: id, step: spent.steps, principal: task.principal, agent_id: task.agent_id, at: Date.now(), cost, tokens })
       this.emit('spent', task, cost, tokens)
       if (!budgeted || live.ending) return
       const over = overLimits(task.limits, spent, e.data.reason !== 'stop')
-      const daily = over ? undefined : dailyOver(this.config, this.store, task.principal, task.agent_id)
+      const daily = over ? undefined : await dailyOver(this.config, this.store, task.principal, task.agent_id)
       if (!over && !daily) return
       const error = over ?? `budget: stopped after step ${spent.steps}: ${dailyMessage(daily!)}`
       this.log.warn({ taskId: id, agentId: task.agent_id, principal: task.principal, spent }, 'task over its budget: stopping it')
       live.end('budget', error)
     }
-    const record = (events: ParsedEvent[]) => {
+    const record = async (events: ParsedEvent[]) => {
       if (events.length === 0) return
       const room = Math.max(0, EVENTS_PER_TURN - stored)
-      this.store.addEvents(id, events.slice(0, room))
       stored += events.length
+      await this.store.addEvents(id, events.slice(0, room))
       // spending and budgets after the events are in the history (a budget stop comes after its step end)
       for (const e of events) {
         if (e.type === 'step_start') spent.steps = Number(e.data.step) || spent.steps + 1
-        else if (e.type === 'step_finish') stepEnded(e)
+        else if (e.type === 'step_finish') await stepEnded(e)
       }
       live.lastEvent = events[events.length - 1].summary
       const subscribers = this.eventSubscribers.get(id)
@@ -455,8 +509,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       previous: task.result,
       append: task.turns > 1
     }, record)
-    if (stored > EVENTS_PER_TURN) this.store.addEvent(id, 'events_dropped', { dropped: stored - EVENTS_PER_TURN })
-    this.store.update(id, { result: outcome.capture.reader.result })
+    if (stored > EVENTS_PER_TURN) await this.store.addEvent(id, 'events_dropped', { dropped: stored - EVENTS_PER_TURN })
+    await this.store.update(id, { result: outcome.capture.reader.result })
     return outcome
   }
 
@@ -468,11 +522,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   private async endTask (id: string, live: Run, outcome: TurnOutcome): Promise<boolean> {
     const { reason, exitCode, capture } = outcome
-    const { status, error } = turnEnd(outcome, this.store.get(id)?.timeout_ms, this.config)
-    const diff = status !== 'cancelled' ? await this.workspaces.diff(this.store.get(id) as TaskRecord, (s) => capture.redact(s)).catch(() => null) : null
-    // from here to the terminal write in finish() nothing awaits: message() cannot slip in between
-    if (this.continues(id, live, outcome)) return false
-    await this.finish(id, {
+    const task = await this.store.get(id) as TaskRecord
+    const { status, error } = turnEnd(outcome, task.timeout_ms, this.config)
+    const diff = status !== 'cancelled' ? await this.workspaces.diff(task, (s) => capture.redact(s)).catch(() => null) : null
+    // the check and the terminal write are one step of the task: message() cannot slip in between
+    return this.finish(id, {
       status,
       reason,
       error,
@@ -481,29 +535,18 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       output_truncated: capture.output.truncated,
       output_bytes: capture.output.total,
       ...(diff ? { diff: diff.text, diff_truncated: diff.truncated } : {})
-    }, () => live.remove())
-    return true
+    }, () => live.remove(), () => this.continues(id, live, outcome))
   }
 
-  private async finish (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, cleanup?: () => Promise<void>): Promise<void> {
-    if (this.closing.signal.aborted) return
-    const task = this.store.get(id)
-    if (!task || TERMINAL.has(task.status)) return
-    const finishedAt = Date.now()
-    // follow-up messages still waiting are not run by an ended task: say so, whichever way it ended
-    const dropped = task.pending
-    if (dropped.length > 0) {
-      const why = fields.status === 'completed' ? 'the service was shutting down' : `the task ended ${fields.status}`
-      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
-      fields = { ...fields, pending: [], error: fields.error ? `${fields.error}; ${note}` : note }
-      this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: fields.status })
-      this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
-    }
-    const { status, ...rest } = fields
-    transition(this.store, id, status, { ...rest, finished_at: finishedAt })
-    this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
-    this.live.delete(id)
-    const done = this.store.get(id) as TaskRecord
+  /**
+   * Records the task's end (in a step of the task), then runs `cleanup` and tells the listeners and
+   * waiters. `unless`, checked within the step: nothing is recorded when it holds (false returned).
+   */
+  private async finish (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, cleanup?: () => Promise<void>, unless?: () => Promise<boolean>): Promise<boolean> {
+    const ended = await this.step(id, async () => (unless && await unless()) ? false : this.recordEnd(id, fields))
+    if (ended === false) return false
+    if (!ended) return true
+    const { done, finishedAt } = ended
     const duration = done.started_at ? finishedAt - done.started_at : 0
     this.log.info({ taskId: id, agentId: done.agent_id, principal: done.principal, status: done.status, reason: done.reason, durationMs: duration, turns: done.turns }, 'task ended')
     try {
@@ -513,38 +556,61 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       for (const resolve of this.endWaiters.get(id) ?? []) resolve(done)
       this.endWaiters.delete(id)
     }
+    return true
+  }
+
+  /** The terminal write of finish(): undefined when there is nothing to record (closing, or the task already ended). */
+  private async recordEnd (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }): Promise<{ done: TaskRecord, finishedAt: number } | undefined> {
+    if (this.closing.signal.aborted) return undefined
+    const task = await this.store.get(id)
+    if (!task || TERMINAL.has(task.status)) return undefined
+    const finishedAt = Date.now()
+    // follow-up messages still waiting are not run by an ended task: say so, whichever way it ended
+    const dropped = task.pending
+    if (dropped.length > 0) {
+      const why = fields.status === 'completed' ? 'the service was shutting down' : `the task ended ${fields.status}`
+      const note = `${dropped.length} follow-up message(s) were not run because ${why}: send them again with send_task_message`
+      fields = { ...fields, pending: [], error: fields.error ? `${fields.error}; ${note}` : note }
+      await this.store.addEvent(id, 'messages_dropped', { messages: dropped, reason: fields.status })
+      this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
+    }
+    const { status, ...rest } = fields
+    await transition(this.store, id, status, { ...rest, finished_at: finishedAt })
+    await this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
+    this.live.delete(id)
+    return { done: await this.store.get(id) as TaskRecord, finishedAt }
   }
 
   // --- reads and controls ---------------------------------------------------------------------
 
   /** The caller's task; another principal's task is not found. */
-  get (principal: string, id: string): TaskRecord {
-    const task = this.store.get(id)
+  async get (principal: string, id: string): Promise<TaskRecord> {
+    const task = await this.store.get(id)
     if (!task || task.principal !== principal) throw new TaskError('not_found', `No task ${id}: check the task_id (list_tasks shows yours)`)
     return task
   }
 
   /** Events after sequence number `after`, skipping `offset` of them; `total` counts all after `after`. */
-  history (principal: string, id: string, after = 0, limit = 100, offset = 0): { task: TaskRecord, events: TaskEvent[], total: number } {
-    const task = this.get(principal, id)
-    return { task, events: this.store.events(id, after, limit, 'asc', offset), total: this.store.eventCount(id, after) }
+  async history (principal: string, id: string, after = 0, limit = 100, offset = 0): Promise<{ task: TaskRecord, events: TaskEvent[], total: number }> {
+    const task = await this.get(principal, id)
+    return { task, events: await this.store.events(id, after, limit, 'asc', offset), total: await this.store.eventCount(id, after) }
   }
 
   /** The task's last `n` events, oldest first. */
-  recentEvents (principal: string, id: string, n: number): TaskEvent[] {
-    this.get(principal, id)
-    return this.store.events(id, 0, n, 'desc').reverse()
+  async recentEvents (principal: string, id: string, n: number): Promise<TaskEvent[]> {
+    await this.get(principal, id)
+    return (await this.store.events(id, 0, n, 'desc')).reverse()
   }
 
   /** A page of the caller's tasks; with `cost_total`, what all the tasks the filter selects spent. */
-  list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number, cost_total?: boolean }): { tasks: TaskRecord[], total: number, cost_total?: number } {
-    const page = this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
-    return filter.cost_total ? { ...page, cost_total: this.store.costTotal({ principal, status: filter.status, agent_id: filter.agent_id }) } : page
+  async list (principal: string, filter: { status?: TaskStatus, agent_id?: string, limit?: number, offset?: number, cost_total?: boolean }): Promise<{ tasks: TaskRecord[], total: number, cost_total?: number }> {
+    const page = await this.store.list({ principal, status: filter.status, agent_id: filter.agent_id, limit: filter.limit ?? 20, offset: filter.offset ?? 0 })
+    return filter.cost_total ? { ...page, cost_total: await this.store.costTotal({ principal, status: filter.status, agent_id: filter.agent_id }) } : page
   }
 
   /** A byte range of the task's full log (kept on disk up to TASK_LOG_LIMIT). */
   async logs (principal: string, id: string, offset = 0, limit = 65_536): Promise<{ task: TaskRecord, data: Buffer, size: number }> {
-    const task = this.get(principal, id)
+    const task = await this.get(principal, id)
     return { task, ...await readLogRange(this.logPath(id), offset, limit) }
   }
 
@@ -552,21 +618,21 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * The task's log from `offset` to its current end; with `follow`, on as it is written, until the
    * task has ended and all of it was read.
    */
-  streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): { task: TaskRecord, chunks: AsyncGenerator<Buffer> } {
-    const task = this.get(principal, id)
-    const ended = opts.follow ? () => TERMINAL.has(this.store.status(id) as TaskStatus) : () => true
+  async streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): Promise<{ task: TaskRecord, chunks: AsyncGenerator<Buffer> }> {
+    const task = await this.get(principal, id)
+    const ended = opts.follow ? async () => TERMINAL.has(await this.store.status(id) as TaskStatus) : async () => true
     return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
   }
 
   /** Files of the task's workspace, during the run (its container) and after (a helper container). */
   async files (principal: string, id: string, path: string, limit: number) {
-    const task = this.get(principal, id)
+    const task = await this.get(principal, id)
     return this.whileReading(id, () => this.workspaces.list(task, this.live.get(id)?.containerId, path, limit))
   }
 
   /** A workspace file, with the passed-through secrets redacted like every other output. */
   async readFile (principal: string, id: string, path: string) {
-    const task = this.get(principal, id)
+    const task = await this.get(principal, id)
     const file = await this.whileReading(id, () => this.workspaces.read(task, this.live.get(id)?.containerId, path))
     return redactFile(file, Object.values(this.runnerEnv))
   }
@@ -589,7 +655,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * OpenCode session. A `type` other than `update` is given to the agent as a `[type] ` prefix of
    * the turn's prompt; type and metadata are kept in the `message_queued` event.
    */
-  message (principal: string, id: string, text: string, opts: MessageOptions = {}): { task: TaskRecord, delivery: 'queued_for_next_turn' | 'follow_up_started', message_id: string, timestamp: number } {
+  async message (principal: string, id: string, text: string, opts: MessageOptions = {}): Promise<{ task: TaskRecord, delivery: 'queued_for_next_turn' | 'follow_up_started', message_id: string, timestamp: number }> {
     if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new turns; send the message again after the restart')
     const message = text.trim()
     if (!message) throw new TaskError('invalid', 'message is empty: say what the agent should do next')
@@ -598,49 +664,65 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     if (metadataSize > METADATA_LIMIT) throw new TaskError('invalid', `metadata is ${metadataSize} bytes as JSON, over the limit of ${METADATA_LIMIT}; send less metadata (put long text in the message)`)
     const prompt = type === 'update' ? message : `[${type}] ${message}`
     const note = { message, message_type: type, ...(opts.metadata ? { metadata: opts.metadata } : {}), message_id: `msg_${randomUUID()}` }
-    const task = this.get(principal, id)
-    if (task.status === 'cancelled') throw new TaskError('conflict', `Task ${id} was cancelled; submit a new task instead`)
-    if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${id}'s workspace was removed after WORKSPACE_RETENTION_MS; submit a new task instead`)
-    if (!TERMINAL.has(task.status)) {
-      this.store.update(id, { pending: [...task.pending, prompt] })
-      const event = this.store.addEvent(id, 'message_queued', { ...note, position: task.pending.length + 1 })
-      return { task: this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn', message_id: note.message_id, timestamp: event.at }
-    }
-    const used = exhausted(task.limits, spentOf(task))
-    if (used) throw new TaskError('budget', `Task ${id} has used up its budget: ${used}; submit a new task (with a larger budget) instead`, { spent: spentOf(task), limits: task.limits })
-    const daily = dailyOver(this.config, this.store, principal, task.agent_id)
-    if (daily) throw dailyRefusal(daily)
-    if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
-    if (this.semaphore.full) throw this.queueFull()
-    transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
-    const event = this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
-    const queued = this.store.get(id) as TaskRecord
-    this.schedule(queued)
-    return { task: queued, delivery: 'follow_up_started', message_id: note.message_id, timestamp: event.at }
+    // read, decided and written in one step of the task: two messages, or a message and a turn's
+    // start or end, do not overwrite each other's pending list
+    return this.step(id, async () => {
+      const task = await this.get(principal, id)
+      if (task.status === 'cancelled') throw new TaskError('conflict', `Task ${id} was cancelled; submit a new task instead`)
+      if (task.workspace_removed_at) throw new TaskError('conflict', `Task ${id}'s workspace was removed after WORKSPACE_RETENTION_MS; submit a new task instead`)
+      if (!TERMINAL.has(task.status)) {
+        await this.store.update(id, { pending: [...task.pending, prompt] })
+        const event = await this.store.addEvent(id, 'message_queued', { ...note, position: task.pending.length + 1 })
+        return { task: await this.store.get(id) as TaskRecord, delivery: 'queued_for_next_turn' as const, message_id: note.message_id, timestamp: event.at }
+      }
+      const used = exhausted(task.limits, spentOf(task))
+      if (used) throw new TaskError('budget', `Task ${id} has used up its budget: ${used}; submit a new task (with a larger budget) instead`, { spent: spentOf(task), limits: task.limits })
+      const daily = await dailyOver(this.config, this.store, principal, task.agent_id)
+      if (daily) throw dailyRefusal(daily)
+      if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
+      if (this.semaphore.full) throw this.queueFull()
+      // the slot is taken with the check of the queue's room (see submit)
+      const slot = this.semaphore.acquire(id)
+      let event: TaskEvent
+      let queued: TaskRecord
+      try {
+        await transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
+        event = await this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
+        queued = await this.store.get(id) as TaskRecord
+      } catch (err) {
+        this.giveBack(id, slot)
+        throw err
+      }
+      this.schedule(queued, undefined, slot)
+      return { task: queued, delivery: 'follow_up_started' as const, message_id: note.message_id, timestamp: event.at }
+    })
   }
 
   /** Resolves with the task once it has ended, or with its current state after `ms`. */
   async waitForEnd (id: string, ms: number, signal?: AbortSignal): Promise<TaskRecord> {
-    const current = this.store.get(id) as TaskRecord
-    if (TERMINAL.has(current.status)) return current
-    return new Promise((resolve) => {
+    // the waiter is registered before the store is read: an end that comes meanwhile is not missed
+    return new Promise((resolve, reject) => {
       const set = this.endWaiters.get(id) ?? new Set()
       this.endWaiters.set(id, set)
       const done = (t: TaskRecord) => { clearTimeout(timer); set.delete(done); resolve(t) }
-      const timer = setTimeout(() => done(this.store.get(id) as TaskRecord), ms)
-      signal?.addEventListener('abort', () => done(this.store.get(id) as TaskRecord), { once: true })
+      const fail = (err: unknown) => { clearTimeout(timer); set.delete(done); reject(err) }
+      const current = () => { this.store.get(id).then((t) => done(t as TaskRecord), fail) }
+      const timer = setTimeout(current, ms)
+      signal?.addEventListener('abort', current, { once: true })
       set.add(done)
+      this.store.get(id).then((t) => { if (TERMINAL.has((t as TaskRecord).status)) done(t as TaskRecord) }, fail)
     })
   }
 
   /** `reason` (the caller's words, optional) is kept in the event of the control. */
   async control (principal: string, id: string, action: 'cancel' | 'pause' | 'resume', reason?: string): Promise<TaskRecord> {
-    const task = this.get(principal, id)
+    const task = await this.get(principal, id)
     const why = reason ? { reason } : {}
     if (TERMINAL.has(task.status)) throw new TaskError('conflict', `Task ${id} already ended (${task.status}); nothing to ${action}`)
-    const live = this.live.get(id)
     if (action === 'cancel') {
-      this.store.addEvent(id, 'cancel_requested', why)
+      await this.store.addEvent(id, 'cancel_requested', why)
+      // the run as it is once the request is recorded (its turn may have started or ended meanwhile)
+      const live = this.live.get(id)
       if (task.status === 'queued' && this.semaphore.withdraw(id, new Error('cancelled'))) {
         await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled while queued' })
       } else if (live) {
@@ -648,8 +730,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         live.stop()
         return this.waitForEnd(id, (this.config.RUNNER_STOP_GRACE_S + 10) * 1000)
       }
-      return this.store.get(id) as TaskRecord
+      return await this.store.get(id) as TaskRecord
     }
+    const live = this.live.get(id)
     // a task marked running whose container is still being created: wait for it (bounded)
     if (live && task.status === 'running') await live.containerStarted(15_000)
     if (!live?.containerId || !live.started || (action === 'pause' && task.status !== 'running') || (action === 'resume' && task.status !== 'paused')) {
@@ -657,14 +740,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     if (action === 'pause') {
       await live.pause()
-      transition(this.store, id, 'paused', { remaining_ms: live.remainingMs, resumed_at: null })
+      await transition(this.store, id, 'paused', { remaining_ms: live.remainingMs, resumed_at: null })
     } else {
       await live.resume()
-      transition(this.store, id, 'running', { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
+      await transition(this.store, id, 'running', { remaining_ms: live.remainingMs, resumed_at: live.resumedAt })
     }
-    this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs, ...why })
+    await this.store.addEvent(id, action === 'pause' ? 'paused' : 'resumed', { remaining_ms: live.remainingMs, ...why })
     this.log.info({ taskId: id, agentId: task.agent_id, principal, remainingMs: live.remainingMs }, action === 'pause' ? 'task paused' : 'task resumed')
-    return this.store.get(id) as TaskRecord
+    return await this.store.get(id) as TaskRecord
   }
 
   // --- lifecycle ------------------------------------------------------------------------------
@@ -678,9 +761,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * was down does.
    */
   async recover (): Promise<void> {
-    // both snapshots before the first await: a task submitted meanwhile is scheduled by submit() alone
-    const interrupted = this.store.withStatus('running', 'paused')
-    const queued = this.store.withStatus('queued')
+    // a task submitted meanwhile is scheduled by submit() alone (see below)
+    const interrupted = await this.store.withStatus('running', 'paused')
+    const queued = await this.store.withStatus('queued')
     const states = await Promise.all(interrupted.map((task) => task.container_id
       ? this.docker.inspectContainer(task.container_id).then((i) => i.State, () => undefined)
       : undefined))
@@ -699,11 +782,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const left = task.remaining_ms ?? task.timeout_ms
       const since = task.remaining_ms == null ? task.started_at : task.resumed_at
       const remainingMs = paused ? left : left - (since ? Date.now() - since : 0)
-      transition(this.store, task.id, paused ? 'paused' : 'running', { remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
-      this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs, ...(exited ? { exited: true } : {}) })
+      await transition(this.store, task.id, paused ? 'paused' : 'running', { remaining_ms: remainingMs, resumed_at: paused ? null : Date.now() })
+      await this.store.addEvent(task.id, 'reattached', { paused, remaining_ms: remainingMs, ...(exited ? { exited: true } : {}) })
       this.schedule(task, { containerId: task.container_id as string, remainingMs, paused, exited })
     }
-    for (const task of queued) this.schedule(task)
+    // one that a submit() or a follow-up message scheduled meanwhile (or is about to) is its own
+    for (const task of queued) if (!this.live.has(task.id) && !this.submitting.has(task.id)) this.schedule(task)
     for (const task of gone) {
       await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
         async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
@@ -723,7 +807,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   private async reconcileOnce (): Promise<number> {
-    this.retain()
+    await this.retain()
     const containers = await this.docker.listContainers({ [LABEL.service]: SERVICE_LABEL, [LABEL.owner]: this.store.owner })
     let removed = 0
     for (const c of containers) {
@@ -739,11 +823,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.warn({ taskId, container: c.Id }, 'removed orphan task container')
       this.emit('orphan_removed', c.Id)
     }
-    await this.workspaces.expire((taskId) => {
-      const task = this.store.get(taskId)
+    await this.workspaces.expire(async (taskId) => {
+      const task = await this.store.get(taskId)
       return task && { ended: TERMINAL.has(task.status), finished_at: task.finished_at, workspace_removed_at: task.workspace_removed_at }
-    }, (taskId) => {
-      this.store.update(taskId, { workspace_removed_at: Date.now() })
+    }, async (taskId) => {
+      await this.store.update(taskId, { workspace_removed_at: Date.now() })
       this.log.info({ taskId }, 'workspace removed after its retention period')
     })
     return removed
@@ -754,12 +838,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * idempotency keys and Letta outbox rows (the store) and their log file; expired idempotency keys
    * are deleted too.
    */
-  retain (now = Date.now()): number {
-    this.store.deleteExpiredKeys(now - this.config.IDEMPOTENCY_TTL_MS)
-    this.store.deleteSpendBefore(now - DAY_MS)
+  async retain (now = Date.now()): Promise<number> {
+    await this.store.deleteExpiredKeys(now - this.config.IDEMPOTENCY_TTL_MS)
+    await this.store.deleteSpendBefore(now - DAY_MS)
     if (this.config.TASK_RETENTION_MS === 0) return 0
     // a task outlives its workspace (its removal is recorded on the task, and then its Letta block goes)
-    const ids = this.store.deleteEnded(now - Math.max(this.config.TASK_RETENTION_MS, this.config.WORKSPACE_RETENTION_MS))
+    const ids = await this.store.deleteEnded(now - Math.max(this.config.TASK_RETENTION_MS, this.config.WORKSPACE_RETENTION_MS))
     for (const id of ids) rmSync(this.logPath(id), { force: true })
     if (ids.length) this.log.info({ tasks: ids.length }, 'ended tasks deleted after TASK_RETENTION_MS')
     return ids.length
@@ -774,12 +858,17 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     this.accepting = false
     // running: started turns, with or without their container yet (queued tasks stay queued; paused
     // ones stay paused, in the store and the engine, for the next start to take up)
-    const running = () => [...this.live.entries()].filter(([id]) => this.store.status(id) === 'running')
+    const running = async () => {
+      const live = [...this.live.entries()]
+      const statuses = await Promise.all(live.map(([id]) => this.store.status(id)))
+      return live.filter((_, i) => statuses[i] === 'running')
+    }
     const ends = (ids: string[], ms: number) => Promise.all(ids.map((id) => this.waitForEnd(id, ms)))
-    if (running().length === 0) return
-    this.log.info({ running: running().length, graceMs }, 'draining: waiting for running tasks')
-    await ends(running().map(([id]) => id), graceMs)
-    const left = running()
+    const first = await running()
+    if (first.length === 0) return
+    this.log.info({ running: first.length, graceMs }, 'draining: waiting for running tasks')
+    await ends(first.map(([id]) => id), graceMs)
+    const left = await running()
     if (left.length === 0) return
     this.log.warn({ tasks: left.map(([id]) => id) }, 'draining: grace period over, stopping the tasks still running')
     for (const [, live] of left) live.end('interrupted')

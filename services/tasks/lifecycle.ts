@@ -42,13 +42,14 @@ export function allowed (from: TaskStatus, to: TaskStatus): boolean {
 
 /**
  * Writes the task's new status with `fields`, in one write, if the table allows it from the status
- * the store has now; returns the status it left. The store writes it only if the status is still
- * the one read (compare and set).
+ * the store has now; resolves with the status it left once the write is durable. The store writes
+ * it only if the status is still the one read (compare and set): a write that came in between (the
+ * read and the write are two awaits now) makes it reject rather than overwrite.
  */
-export function transition (store: TaskStore, id: string, to: TaskStatus, fields: TaskFields = {}): TaskStatus {
-  const from = store.status(id)
+export async function transition (store: TaskStore, id: string, to: TaskStatus, fields: TaskFields = {}): Promise<TaskStatus> {
+  const from = await store.status(id)
   if (from === undefined || !allowed(from, to)) throw new IllegalTransitionError(id, from, to)
-  store.setStatus(id, from, to, fields)
+  await store.setStatus(id, from, to, fields)
   return from
 }
 

@@ -13,9 +13,6 @@ import pg from 'pg'
 import type { ListFilter, Spending, SpendRow, TaskFields, TaskStore } from './store.js'
 import type { TaskEvent, TaskRecord, TaskStatus } from './types.js'
 
-/** A store interface with every method returning a Promise (what TaskStore becomes; the lead swaps this at merge). */
-export type Async<T> = { [K in keyof T]: T[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<Awaited<R>> : T[K] }
-
 const MIGRATIONS: string[] = [
   // today's SQLite schema (migrations 1 to 10 there), in PostgreSQL's types; event_seq is the last
   // event number of a task (addEvent takes the next one with the task row's lock)
@@ -111,6 +108,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`
 ]
 
+/** How long a new connection may take before the start or the query fails. */
+const CONNECT_TIMEOUT_MS = 20_000
+
 /** The advisory lock key the migrations run under (any constant; 'lop-migrate' in ASCII). */
 const MIGRATION_LOCK = 0x6c6f706d
 
@@ -200,12 +200,13 @@ export interface PgStoreOptions {
   dataDir: string
 }
 
-export class PgTaskStore implements Async<TaskStore> {
+export class PgTaskStore implements TaskStore {
   private constructor (readonly pool: pg.Pool, readonly owner: string) {}
 
   /** Connects, runs the migrations that are due, and reads this replica's identity. */
   static async open (opts: PgStoreOptions): Promise<PgTaskStore> {
-    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types })
+    // a database that does not answer fails the start (or the query) with an error, never a hang
+    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
     // an idle connection that breaks (a database restart) is replaced; the next query reports the error
     pool.on('error', () => {})
     try {

@@ -16,8 +16,8 @@ export interface RunDeps {
   config: { RUNNER_STOP_GRACE_S: number, RUNNER_IDLE_TIMEOUT_MS: number }
   /** Aborted when the service closes: the run stops following (its container runs on, for recovery). */
   signal: AbortSignal
-  /** A watchdog or the drain ends the run: called once, before its container is stopped. */
-  onEnding: (reason: EndReason, detail?: string) => void
+  /** A watchdog or the drain ends the run: called once; the container is stopped once it resolves (it must not reject). */
+  onEnding: (reason: EndReason, detail?: string) => Promise<void>
   /** The container could not be removed (logged; the reconcile removes it later). */
   onRemoveFailed: (err: Error) => void
 }
@@ -63,13 +63,14 @@ export class Run {
 
   /**
    * create → `prepare` (inputs into the created container) → attach → start. `created` is told the
-   * container's id before anything else is done with it. Throws when ended meanwhile.
+   * container's id (and awaited) before anything else is done with it. Throws when ended meanwhile.
    */
-  async start (spec: ContainerCreateSpec, name: string, created: (containerId: string) => void, prepare: (containerId: string) => Promise<void>): Promise<AsyncIterable<LogChunk>> {
+  async start (spec: ContainerCreateSpec, name: string, created: (containerId: string) => Promise<void>, prepare: (containerId: string) => Promise<void>): Promise<AsyncIterable<LogChunk>> {
     const { docker, signal } = this.deps
     const containerId = (await docker.createContainer(spec, name)).Id
-    created(containerId)
+    // known to the run first: a stop or a removal finds it even if the store write fails
     this.containerId = containerId
+    await created(containerId)
     if (this.ending) throw new Error('cancelled before start')
     await prepare(containerId)
     const stream = await docker.attachContainer(containerId, signal)
@@ -94,8 +95,8 @@ export class Run {
     return true
   }
 
-  /** Follows the started container to its end: output, log and events (given to `record`), under the watchdogs. */
-  async watch (stream: AsyncIterable<LogChunk>, capture: CaptureOptions, record: (events: ParsedEvent[]) => void): Promise<TurnOutcome> {
+  /** Follows the started container to its end: output, log and events (given to `record`, awaited), under the watchdogs. */
+  async watch (stream: AsyncIterable<LogChunk>, capture: CaptureOptions, record: (events: ParsedEvent[]) => Promise<void>): Promise<TurnOutcome> {
     const { docker, signal } = this.deps
     const turn = new TurnCapture(capture)
     let exitCode: number | null = null
@@ -105,9 +106,9 @@ export class Run {
       const follow = (async () => {
         for await (const chunk of stream) {
           this.armIdle()
-          record(await turn.push(chunk.data))
+          await record(await turn.push(chunk.data))
         }
-        record(await turn.end())
+        await record(await turn.end())
       })()
       const [, exit] = await Promise.all([follow, docker.waitContainer(this.containerId as string, signal)])
       exitCode = exit.StatusCode
@@ -143,8 +144,8 @@ export class Run {
     if (this.ending) return
     this.ending = reason
     this.endingDetail = detail
-    this.deps.onEnding(reason, detail)
-    this.stop()
+    // the reason is recorded before the container is stopped (its end is recorded after it)
+    this.deps.onEnding(reason, detail).then(() => this.stop(), () => this.stop())
   }
 
   /** Stops the container, if there is one (a paused one is resumed first: it cannot take SIGTERM). */

@@ -1,7 +1,8 @@
 /**
  * Task store: SQLite (better-sqlite3) in DATA_DIR, with numbered migrations. Tasks, their events and
- * idempotency keys. Writes are synchronous, so a state change is on disk before the side effect
- * that follows it.
+ * idempotency keys. The interface is asynchronous (another database is); here each method runs its
+ * synchronous better-sqlite3 code, so a write is on disk when its promise resolves, before the side
+ * effect that the caller awaits it for.
  */
 import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
@@ -187,38 +188,39 @@ export type TaskFields = Partial<Omit<TaskRecord, 'id' | 'status'>>
 
 /**
  * What the task service needs of its store: SQLite here (SqliteTaskStore); another database can
- * implement it. Writes are done when the call returns (the side effect that follows may rely on it).
+ * implement it. Every method is asynchronous; a write is durable when its promise resolves (the
+ * side effect that follows may rely on it).
  */
 export interface TaskStore {
   /** The owner label of this store's runner containers (see SqliteTaskStore.owner). */
   readonly owner: string
-  close: () => void
-  insert: (task: TaskRecord) => void
-  get: (id: string) => TaskRecord | undefined
+  close: () => Promise<void>
+  insert: (task: TaskRecord) => Promise<void>
+  get: (id: string) => Promise<TaskRecord | undefined>
   /** A task's status alone (no large column read): for checks made often. */
-  status: (id: string) => TaskStatus | undefined
-  update: (id: string, fields: TaskFields) => void
+  status: (id: string) => Promise<TaskStatus | undefined>
+  update: (id: string, fields: TaskFields) => Promise<void>
   /**
-   * The status write, with `fields`, only if the status is still `from` (compare and set; throws
+   * The status write, with `fields`, only if the status is still `from` (compare and set; rejects
    * if it is not). Called by lifecycle.transition() alone, which checks the transition.
    */
-  setStatus: (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields) => void
-  list: (f: ListFilter) => { tasks: TaskRecord[], total: number }
-  deleteEnded: (before: number, limit?: number) => string[]
-  deleteExpiredKeys: (before: number) => number
-  countByStatus: () => Partial<Record<TaskStatus, number>>
-  withStatus: (...statuses: TaskStatus[]) => TaskRecord[]
-  addEvents: (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>) => void
-  addEvent: (taskId: string, type: string, data?: Record<string, unknown>) => TaskEvent
-  events: (taskId: string, afterSeq: number, limit: number, order?: 'asc' | 'desc', offset?: number) => TaskEvent[]
-  eventCount: (taskId: string, afterSeq?: number) => number
-  claimIdempotent: (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord) => { task: TaskRecord, existing: boolean, args_hash: string }
+  setStatus: (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields) => Promise<void>
+  list: (f: ListFilter) => Promise<{ tasks: TaskRecord[], total: number }>
+  deleteEnded: (before: number, limit?: number) => Promise<string[]>
+  deleteExpiredKeys: (before: number) => Promise<number>
+  countByStatus: () => Promise<Partial<Record<TaskStatus, number>>>
+  withStatus: (...statuses: TaskStatus[]) => Promise<TaskRecord[]>
+  addEvents: (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>) => Promise<void>
+  addEvent: (taskId: string, type: string, data?: Record<string, unknown>) => Promise<TaskEvent>
+  events: (taskId: string, afterSeq: number, limit: number, order?: 'asc' | 'desc', offset?: number) => Promise<TaskEvent[]>
+  eventCount: (taskId: string, afterSeq?: number) => Promise<number>
+  claimIdempotent: (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord) => Promise<{ task: TaskRecord, existing: boolean, args_hash: string }>
   /** Budgets: each step's spending (a step recorded twice counts once), the spending since a time, and its pruning. */
-  addSpend: (row: SpendRow) => void
-  spending: (principal: string, since: number, agentId?: string) => Spending
-  deleteSpendBefore: (before: number) => number
+  addSpend: (row: SpendRow) => Promise<void>
+  spending: (principal: string, since: number, agentId?: string) => Promise<Spending>
+  deleteSpendBefore: (before: number) => Promise<number>
   /** What the tasks a list filter selects spent. */
-  costTotal: (f: Omit<ListFilter, 'limit' | 'offset'>) => number
+  costTotal: (f: Omit<ListFilter, 'limit' | 'offset'>) => Promise<number>
 }
 
 /**
@@ -256,11 +258,15 @@ export class SqliteTaskStore implements TaskStore {
     }
   }
 
-  close (): void {
+  async close (): Promise<void> {
     this.db.close()
   }
 
-  insert (task: TaskRecord): void {
+  async insert (task: TaskRecord): Promise<void> {
+    this.insertSync(task)
+  }
+
+  private insertSync (task: TaskRecord): void {
     const { row, content } = split(toRow(task as unknown as Record<string, unknown>))
     const keys = Object.keys(row)
     this.db.transaction(() => {
@@ -279,20 +285,24 @@ export class SqliteTaskStore implements TaskStore {
       ON CONFLICT (task_id) DO UPDATE SET ${all.map((k) => `${k} = excluded.${k}`).join(', ')}`).run({ ...content, task_id: id })
   }
 
-  get (id: string): TaskRecord | undefined {
+  async get (id: string): Promise<TaskRecord | undefined> {
+    return this.getSync(id)
+  }
+
+  private getSync (id: string): TaskRecord | undefined {
     return toRecord(this.db.prepare(`${SELECT_TASK} WHERE t.id = ?`).get(id) as Row | undefined)
   }
 
   /** A task's status alone (no large column read): for checks made often. */
-  status (id: string): TaskStatus | undefined {
+  async status (id: string): Promise<TaskStatus | undefined> {
     return (this.db.prepare('SELECT status FROM tasks WHERE id = ?').get(id) as { status: TaskStatus } | undefined)?.status
   }
 
-  update (id: string, fields: TaskFields): void {
+  async update (id: string, fields: TaskFields): Promise<void> {
     this.write(id, fields)
   }
 
-  setStatus (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields): void {
+  async setStatus (id: string, from: TaskStatus, to: TaskStatus, fields: TaskFields): Promise<void> {
     this.write(id, { ...fields, status: to }, from)
   }
 
@@ -313,12 +323,12 @@ export class SqliteTaskStore implements TaskStore {
   }
 
   /** A step's spending; a step already recorded (a re-attached container's log read again) is not counted twice. */
-  addSpend (row: SpendRow): void {
+  async addSpend (row: SpendRow): Promise<void> {
     this.db.prepare('INSERT OR IGNORE INTO spend (task_id, step, principal, agent_id, at, cost, tokens) VALUES (@task_id, @step, @principal, @agent_id, @at, @cost, @tokens)').run(row)
   }
 
   /** The principal's (or, with `agentId`, that agent's) spending since `since`. */
-  spending (principal: string, since: number, agentId?: string): Spending {
+  async spending (principal: string, since: number, agentId?: string): Promise<Spending> {
     const agent = agentId === undefined ? '' : ' AND agent_id = @agentId'
     const steps = this.db.prepare(`SELECT at, cost FROM spend WHERE principal = @principal${agent} AND at > @since AND cost > 0 ORDER BY at`)
       .all({ principal, since, agentId }) as Array<{ at: number, cost: number }>
@@ -328,12 +338,12 @@ export class SqliteTaskStore implements TaskStore {
   }
 
   /** Spending older than `before` (past every rolling window). */
-  deleteSpendBefore (before: number): number {
+  async deleteSpendBefore (before: number): Promise<number> {
     return this.db.prepare('DELETE FROM spend WHERE at <= ?').run(before).changes
   }
 
   /** The cost of the tasks a list filter selects (all pages): what they spent so far. */
-  costTotal (f: Omit<ListFilter, 'limit' | 'offset'>): number {
+  async costTotal (f: Omit<ListFilter, 'limit' | 'offset'>): Promise<number> {
     const where = ['principal = @principal']
     if (f.status) where.push('status = @status')
     if (f.agent_id) where.push('agent_id = @agent_id')
@@ -342,7 +352,7 @@ export class SqliteTaskStore implements TaskStore {
     return n
   }
 
-  list (f: ListFilter): { tasks: TaskRecord[], total: number } {
+  async list (f: ListFilter): Promise<{ tasks: TaskRecord[], total: number }> {
     const where = ['t.principal = @principal']
     if (f.status) where.push('t.status = @status')
     if (f.agent_id) where.push('t.agent_id = @agent_id')
@@ -359,7 +369,7 @@ export class SqliteTaskStore implements TaskStore {
    * idempotency keys and Letta outbox rows (ON DELETE CASCADE); at most `limit` per call. Returns
    * the deleted ids (their log files are the caller's).
    */
-  deleteEnded (before: number, limit = RETENTION_BATCH): string[] {
+  async deleteEnded (before: number, limit = RETENTION_BATCH): Promise<string[]> {
     return this.db.transaction(() => {
       // a task whose Letta block still exists is kept until the block is deleted (Letta may be down)
       const ids = (this.db.prepare(`SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?
@@ -373,29 +383,33 @@ export class SqliteTaskStore implements TaskStore {
   }
 
   /** Idempotency keys created at or before `before` (past IDEMPOTENCY_TTL_MS): they name no task any more. */
-  deleteExpiredKeys (before: number): number {
+  async deleteExpiredKeys (before: number): Promise<number> {
     return this.db.prepare('DELETE FROM idempotency_keys WHERE created_at <= ?').run(before).changes
   }
 
   /** How many tasks are in each state (metrics). */
-  countByStatus (): Partial<Record<TaskStatus, number>> {
+  async countByStatus (): Promise<Partial<Record<TaskStatus, number>>> {
     const rows = this.db.prepare('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status').all() as Array<{ status: TaskStatus, n: number }>
     return Object.fromEntries(rows.map((r) => [r.status, r.n]))
   }
 
   /** Tasks in any of these states (start-up recovery). */
-  withStatus (...statuses: TaskStatus[]): TaskRecord[] {
+  async withStatus (...statuses: TaskStatus[]): Promise<TaskRecord[]> {
     const rows = this.db.prepare(`${SELECT_TASK} WHERE t.status IN (${statuses.map(() => '?').join(',')}) ORDER BY t.created_at, t.id`).all(...statuses) as Row[]
     return rows.map((r) => toRecord(r) as TaskRecord)
   }
 
   /** Several events in one transaction (an agent's burst of output costs one commit). */
-  addEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): void {
+  async addEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): Promise<void> {
     if (events.length === 0) return
-    this.db.transaction(() => { for (const e of events) this.addEvent(taskId, e.type, e.data) })()
+    this.db.transaction(() => { for (const e of events) this.appendEvent(taskId, e.type, e.data) })()
   }
 
-  addEvent (taskId: string, type: string, data: Record<string, unknown> = {}): TaskEvent {
+  async addEvent (taskId: string, type: string, data: Record<string, unknown> = {}): Promise<TaskEvent> {
+    return this.appendEvent(taskId, type, data)
+  }
+
+  private appendEvent (taskId: string, type: string, data: Record<string, unknown>): TaskEvent {
     const at = Date.now()
     const { seq } = this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM task_events WHERE task_id = ?').get(taskId) as { seq: number }
     this.db.prepare('INSERT INTO task_events (task_id, seq, at, type, data) VALUES (?, ?, ?, ?, ?)').run(taskId, seq, at, type, JSON.stringify(data))
@@ -403,13 +417,13 @@ export class SqliteTaskStore implements TaskStore {
   }
 
   /** Events after `afterSeq`, oldest first (skipping `offset` of them); with `desc`, the newest first. */
-  events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc', offset = 0): TaskEvent[] {
+  async events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc', offset = 0): Promise<TaskEvent[]> {
     const rows = this.db.prepare(`SELECT seq, at, type, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq ${order === 'desc' ? 'DESC' : 'ASC'} LIMIT ? OFFSET ?`).all(taskId, afterSeq, limit, offset) as Array<{ seq: number, at: number, type: string, data: string }>
     return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }))
   }
 
   /** How many events a task has after `afterSeq`. */
-  eventCount (taskId: string, afterSeq = 0): number {
+  async eventCount (taskId: string, afterSeq = 0): Promise<number> {
     return (this.db.prepare('SELECT COUNT(*) AS n FROM task_events WHERE task_id = ? AND seq > ?').get(taskId, afterSeq) as { n: number }).n
   }
 
@@ -417,17 +431,17 @@ export class SqliteTaskStore implements TaskStore {
    * The task an idempotency key already names (within the TTL), or a new task inserted under it,
    * in one transaction: concurrent duplicates get one task.
    */
-  claimIdempotent (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord): { task: TaskRecord, existing: boolean, args_hash: string } {
+  async claimIdempotent (scope: { principal: string, agent_id: string, key: string, args_hash: string, ttlMs: number }, create: () => TaskRecord): Promise<{ task: TaskRecord, existing: boolean, args_hash: string }> {
     return this.db.transaction(() => {
       const now = Date.now()
       const row = this.db.prepare('SELECT task_id, args_hash, created_at FROM idempotency_keys WHERE principal = ? AND agent_id = ? AND key = ?')
         .get(scope.principal, scope.agent_id, scope.key) as { task_id: string, args_hash: string, created_at: number } | undefined
       if (row && now - row.created_at < scope.ttlMs) {
-        const task = this.get(row.task_id)
+        const task = this.getSync(row.task_id)
         if (task) return { task, existing: true, args_hash: row.args_hash }
       }
       const task = create()
-      this.insert(task)
+      this.insertSync(task)
       this.db.prepare('INSERT OR REPLACE INTO idempotency_keys (principal, agent_id, key, args_hash, task_id, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(scope.principal, scope.agent_id, scope.key, scope.args_hash, task.id, now)
       return { task, existing: false, args_hash: scope.args_hash }

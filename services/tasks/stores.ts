@@ -6,12 +6,12 @@ import type { Config } from '../config.js'
 import { redactUrl } from '../config.js'
 import { PgLettaOutboxStore } from '../letta/pg-outbox-store.js'
 import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../letta/outbox-store.js'
-import { PgTaskStore, type Async } from './pg-store.js'
+import { PgTaskStore } from './pg-store.js'
 import { SqliteTaskStore, type TaskStore } from './store.js'
 
 export interface Stores {
-  tasks: TaskStore | Async<TaskStore>
-  outbox: LettaOutboxStore | Async<LettaOutboxStore>
+  tasks: TaskStore
+  outbox: LettaOutboxStore
   /** Where the tasks are kept, for the start-up log line (no password). */
   location: string
 }

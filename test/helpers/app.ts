@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { Test } from 'tap'
 import app, { type AppOptions } from '../../app.js'
 import { removeOwned } from './docker.js'
+import { storeEnv } from './postgres.js'
 
 export interface BuildOptions extends Omit<AppOptions, 'env'> {
   env?: Record<string, string>
@@ -23,11 +24,14 @@ export function tempDir (t: Test, prefix = 'lop-'): string {
 /** The app with the given environment only (process.env and .env are not read), closed after the test. */
 export async function build (t: Test, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const { server, ...appOpts } = opts
-  const fastify = Fastify({ logger: false, ...server })
+  // a busy machine (or a fresh PostgreSQL database being migrated) may take longer than the default 10 s to start
+  const fastify = Fastify({ logger: false, pluginTimeout: 60_000, ...server })
   const dataDir = mkdtempSync(join(tmpdir(), 'lop-data-'))
   // no drain wait at teardown unless a test asks for one; no load shedding unless a test asks for it
   // (a busy CI machine delays the event loop past the default threshold and would see 503s)
-  const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', SHED_EVENT_LOOP_DELAY_MS: '0', ...opts.env }
+  // TEST_STORE=postgres: the same tests on a database of their own (registered first, dropped last)
+  const database = opts.env?.DATABASE_URL ? {} : await storeEnv(t, opts.env?.DATA_DIR)
+  const env = { DATA_DIR: dataDir, SHUTDOWN_GRACE_MS: '0', SHED_EVENT_LOOP_DELAY_MS: '0', ...database, ...opts.env }
   await fastify.register(app, { ...appOpts, env, envFile: false })
   t.teardown(async () => {
     await fastify.close()

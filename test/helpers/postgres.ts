@@ -32,3 +32,25 @@ export async function freshDatabase (t: Test): Promise<string> {
   url.pathname = `/${name}`
   return url.toString()
 }
+
+/** The store of the engine-level tests: SQLite (the default), or PostgreSQL with TEST_STORE=postgres. */
+export const TEST_STORE = process.env.TEST_STORE === 'postgres' ? 'postgres' : 'sqlite'
+
+const byDataDir = new Map<string, string>()
+/**
+ * The environment that selects the test store for an app on `dataDir`: nothing for SQLite; with
+ * TEST_STORE=postgres a fresh database (dropped when `t` ends), the same one for every app a test
+ * starts on the same data directory (a restart sees its tasks again).
+ */
+export async function storeEnv (t: Test, dataDir?: string): Promise<Record<string, string>> {
+  if (TEST_STORE === 'sqlite') return {}
+  let url = dataDir ? byDataDir.get(dataDir) : undefined
+  if (!url) {
+    url = await freshDatabase(t)
+    if (dataDir) {
+      byDataDir.set(dataDir, url)
+      t.teardown(() => { byDataDir.delete(dataDir) })
+    }
+  }
+  return { DATABASE_URL: url }
+}
