@@ -4,7 +4,8 @@
  * there). A one-node swarm on loopback, `docker stack deploy` of stack.yaml plus a small override (host
  * networking, since engine B runs with iptables off; the CI PostgreSQL as the external database), then
  * from outside: Swarm reports the replica healthy, GET /health through the published port, one task
- * through MCP whose runner container ran on engine B (not on the first engine), and `docker stack rm`
+ * through MCP whose runner container ran on engine B (not on the first engine) and whose row is in that
+ * database, and `docker stack rm`
  * leaving no service, container, network or secret of the stack behind.
  */
 import { execFile } from 'node:child_process'
@@ -12,6 +13,7 @@ import { statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import pg from 'pg'
 import t from 'tap'
 import { DockerEngine } from '../services/docker/engine.js'
 import { LABEL } from '../services/runner/container-spec.js'
@@ -129,6 +131,11 @@ t.test('swarm stack on engine B: healthy, a task end to end on engine B, stack r
   t.match(task, { status: 'completed' }, 'the task completed')
   t.match(JSON.stringify(task), 'hello from engine B', 'with the stand-in agent\'s answer')
   await client.close()
+  // the task store is the external PostgreSQL of the database_url secret, not SQLite in /data
+  const db = new pg.Client({ connectionString: databaseUrl })
+  await db.connect()
+  const rows = (await db.query<{ status: string }>('SELECT status FROM tasks WHERE id = $1', [task.task_id]).finally(() => db.end())).rows
+  t.same(rows, [{ status: 'completed' }], 'the task is in the database of the database_url secret')
   // the runner container: started on engine B (its event), and nothing of the task on the first engine
   const events = await dockerB(['events', '--since', String(since), '--until', String(Math.floor(Date.now() / 1000) + 1), '--filter', 'type=container', '--filter', 'event=start', '--filter', `label=${LABEL.task}=${task.task_id}`, '--format', '{{.Actor.Attributes.image}}'])
   t.equal(events, 'letta-opencode-test-agent:latest', 'the runner container started on engine B')
