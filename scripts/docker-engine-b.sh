@@ -41,8 +41,9 @@ else
   rm -f "$DATA/network/files/local-kv.db"
   mkdir -p "$DATA" "$EXEC" "$(dirname "$LOG")"
   echo "engine B: starting dockerd on $SOCK (bridge $BRIDGE, $SUBNET.0/24)"
-  # setsid: the engine outlives this script (and the shell that ran it)
-  setsid dockerd \
+  # setsid: the engine outlives this script (and the shell that ran it). DOCKER_SERVICE_PREFER_OFFLINE_IMAGE:
+  # a swarm task whose image is here starts from it without asking a registry first (none is reachable)
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid dockerd \
     --host "unix://$SOCK" \
     --data-root "$DATA" \
     --exec-root "$EXEC" \

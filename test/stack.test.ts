@@ -112,6 +112,11 @@ t.test('swarm stack on engine B: healthy, a task end to end on engine B, stack r
     return ids.length === 1 && (await dockerB(['inspect', ids[0], '--format', '{{.State.Health.Status}}'])) === 'healthy'
   }, 240_000)
   t.comment(`deploy → healthy: ${Date.now() - started} ms`)
+  if (t.counts.fail > 0) {
+    t.comment(await dockerB(['service', 'ps', '--no-trunc', service]).catch(() => ''))
+    t.comment(await execFileP('docker', ['service', 'logs', '--tail', '20', service], { env: { ...process.env, DOCKER_HOST: HOST_B } }).then((r) => r.stdout + r.stderr, () => ''))
+    return
+  }
   const [replica] = lines(await dockerB(['ps', '-q', '--filter', `label=com.docker.swarm.service.name=${service}`]))
   t.equal(await dockerB(['inspect', replica, '--format', '{{.Config.User}}']), `letta:${vars.DOCKER_GID}`, 'the non-root user, with the socket\'s group')
   t.equal(lines(await dockerB(['exec', replica, 'ls', '/run/secrets'])).sort().join(','), 'database_url,mcp_auth_tokens', 'the two secrets, as files')
