@@ -146,6 +146,8 @@ export function readEnvSources (env: NodeJS.ProcessEnv, envFile: string | false 
     } catch (err) {
       throw new ConfigError(`Invalid configuration: ${name}_FILE="${file}" cannot be read (${(err as NodeJS.ErrnoException).code}); expected a readable file holding the secret`)
     }
+    // read: the result holds the value only, so reading it again (server.ts, then the config plugin) agrees
+    delete merged[`${name}_FILE`]
   }
   return merged
 }

@@ -34,6 +34,20 @@ t.test('an open bind without a token is refused with the fix', async (t) => {
   t.match(proc.output().stderr.trim(), /^Refusing to listen on 0\.0\.0\.0 without authentication: set MCP_AUTH_TOKENS=principal:token \(generate a token with: openssl rand -hex 32\)/)
 })
 
+t.test('secrets from NAME_FILE (Docker secrets) start the entry point: the token from the file is required', async (t) => {
+  const cwd = tempDir(t)
+  const port = await freePort()
+  const file = join(cwd, 'tokens')
+  writeFileSync(file, 'ops:file-token-0123456789abcdef\n')
+  const proc = start(cwd, { MCP_PORT: String(port), DATA_DIR: cwd, MCP_AUTH_TOKENS_FILE: file })
+  t.teardown(() => { proc.child.kill('SIGKILL') })
+  t.match(await healthy(port), { status: 'healthy', security: { authentication: true } }, proc.output().stderr)
+  t.equal((await fetch(`http://127.0.0.1:${port}/tasks`)).status, 401)
+  t.equal((await fetch(`http://127.0.0.1:${port}/tasks`, { headers: { authorization: 'Bearer file-token-0123456789abcdef' } })).status, 200, 'the token read from the file')
+  proc.child.kill('SIGTERM')
+  t.equal(await proc.exited, 0)
+})
+
 t.test('a promise rejection nobody handles is logged, and the service goes on', async (t) => {
   const cwd = tempDir(t)
   const port = await freePort()
