@@ -125,7 +125,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_principal ON spend (principal, at);
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
   // egress: a task's own allow-list (narrower than RUNNER_EGRESS_ALLOW; null: the server's)
-  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;'
+  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;',
+  // cluster mode's record shape: the replica that runs a task (always null here, one replica)
+  'ALTER TABLE tasks ADD COLUMN node_id TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */
