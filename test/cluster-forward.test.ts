@@ -79,6 +79,13 @@ t.test('files, a workspace file, logs, pause, resume, cancel and messages of a t
   t.equal(ended.status, 409)
   t.match((await ended.json() as { message: string }).message, /already ended/)
 
+  // a log followed through replica 2 streams what replica 1 writes, until the task ends
+  const { structuredContent: slow } = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'echo first sleep 3 echo second' } }) as CallToolResult
+  const followed = await fetch(`${r2.url}/tasks/${(slow as TaskResult).task_id}/logs?follow=true`, { headers: alice })
+  t.equal(followed.status, 200)
+  t.match(await followed.text(), /first\n[^]*second\n/, 'the whole log, streamed to the end')
+  t.equal(await status(r1, (slow as TaskResult).task_id), 'completed', 'the stream ended with the task')
+
   // a running task: pause, resume and cancel through replica 2 act on replica 1's container
   const { structuredContent: running } = await client.callTool({ name: 'opencode_execute_task', arguments: { task_description: 'sleep 120' } }) as CallToolResult
   const rid = (running as TaskResult).task_id

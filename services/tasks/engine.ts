@@ -696,7 +696,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const metadataSize = opts.metadata ? Buffer.byteLength(JSON.stringify(opts.metadata)) : 0
     if (metadataSize > METADATA_LIMIT) throw new TaskError('invalid', `metadata is ${metadataSize} bytes as JSON, over the limit of ${METADATA_LIMIT}; send less metadata (put long text in the message)`)
     // the replica that runs the task holds its turns and workspace: the message is its to take
-    const remote = this.elsewhere(await this.get(principal, id), 'message', principal, [id, text, opts])
+    const remote = this.cluster && this.elsewhere(await this.get(principal, id), 'message', principal, [id, text, opts])
     if (remote) return await remote as Awaited<ReturnType<TaskEngine['message']>>
     const prompt = type === 'update' ? message : `[${type}] ${message}`
     const note = { message, message_type: type, ...(opts.metadata ? { metadata: opts.metadata } : {}), message_id: `msg_${randomUUID()}` }
