@@ -157,6 +157,10 @@ t.test('a legacy MCP session opened on replica 1 is used through replica 2', asy
   const bobs = await fetch(`${r2.url}/mcp`, { method: 'POST', headers: { ...bearer(BOB), 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': sessionId }, body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list' }) })
   t.equal(bobs.status, 404)
 
+  // the entry replica checks the client as for its own sessions: a foreign Origin is refused there
+  const foreign = await mcpPost(r2.url, { jsonrpc: '2.0', id: 8, method: 'tools/list' }, { ...alice, origin: 'https://evil.example', 'mcp-session-id': sessionId, 'mcp-protocol-version': '2025-06-18' })
+  t.equal(foreign.status, 403, 'a foreign Origin is refused on replica 2')
+
   // DELETE through replica 2 closes the session on replica 1
   const deleted = await fetch(`${r2.url}/mcp`, { method: 'DELETE', headers: { ...alice, 'mcp-session-id': sessionId, 'mcp-protocol-version': '2025-06-18' } })
   t.equal(deleted.status, 200)
