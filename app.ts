@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream'
 import sensible from '@fastify/sensible'
 import { LogController, type FastifyError, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
+import clusterPlugin from './plugins/cluster.js'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import dockerPlugin, { type DockerPluginOptions } from './plugins/docker.js'
 import healthPlugin from './plugins/health.js'
@@ -16,6 +17,7 @@ import mcpSessionsPlugin from './plugins/mcp-sessions.js'
 import metricsPlugin from './plugins/metrics.js'
 import securityPlugin from './plugins/security.js'
 import tasksPlugin from './plugins/tasks.js'
+import clusterRoute from './routes/cluster.js'
 import healthRoute from './routes/health.js'
 import mcpRoute from './routes/mcp.js'
 import metricsRoute from './routes/metrics.js'
@@ -97,6 +99,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(dockerPlugin, opts)
   await fastify.register(securityPlugin)
   await fastify.register(tasksPlugin)
+  await fastify.register(clusterPlugin)
   await fastify.register(metricsPlugin)
   await fastify.register(lettaPlugin)
   await fastify.register(mcpSessionsPlugin)
@@ -131,6 +134,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(tasksRoute)
   await fastify.register(metricsRoute)
   await fastify.register(uiRoute)
+  await fastify.register(clusterRoute)
 }
 
 // not encapsulated: the entry point and the tests read the decorators (config, docker, …) from the root

@@ -37,7 +37,8 @@ export default fp(async (fastify) => {
     ttlMs: fastify.config.MCP_SESSION_TTL_MS,
     maxSessions: fastify.config.MCP_MAX_SESSIONS,
     createServer: (principal) => createMcpServer(deps, principal),
-    onEvict: (s, reason) => fastify.log.info({ session: s.id, principal: s.principal, reason }, 'mcp session closed')
+    onEvict: (s, reason) => fastify.log.info({ session: s.id, principal: s.principal, reason }, 'mcp session closed'),
+    node: fastify.tasks.cluster ? fastify.tasks.owner : undefined
   })
   const modern = createMcpHandler(({ authInfo }) => createMcpServer(deps, authInfo?.clientId ?? '', 'modern'), {
     legacy: 'reject',
@@ -51,4 +52,4 @@ export default fp(async (fastify) => {
   })
   fastify.addHook('onReady', async () => registry.start())
   fastify.addHook('preClose', async () => { await Promise.all([registry.closeAll('shutdown'), modern.close()]) })
-}, { name: 'mcp-sessions', dependencies: ['config', 'tasks', 'metrics'], fastify: '5.x' })
+}, { name: 'mcp-sessions', dependencies: ['config', 'tasks', 'metrics', 'cluster'], fastify: '5.x' })

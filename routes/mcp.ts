@@ -13,6 +13,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { classifyInboundRequest, isInitializeRequest, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/server'
 import type { NodeStreamableHTTPServerTransport as StreamableHTTPServerTransport } from '@modelcontextprotocol/node'
+import { sessionNode, TOKEN_HEADER } from '../services/cluster/forward.js'
 import { SessionCapacityError, type Session } from '../services/mcp/sessions.js'
 
 /** JSON-RPC error codes used at the HTTP layer. */
@@ -90,18 +91,51 @@ const route: FastifyPluginAsync = async (fastify) => {
     const message = status >= 500 && status !== 503 ? 'Internal error' : err.message
     return reply.code(status).send({ jsonrpc: '2.0', error: { code: rpcCodeOf(err, status), message }, id: null })
   })
-  fastify.addHook('onRequest', fastify.requireCaller)
+  // a request another replica forwards (a session held here) carries the cluster token and the caller's principal
+  const forwarded = (request: FastifyRequest) => request.headers[TOKEN_HEADER] !== undefined
+  fastify.addHook('onRequest', async (request, reply) => forwarded(request) ? fastify.clusterCaller(request) : fastify.requireCaller(request, reply))
 
-  /** The caller's live session named by the Mcp-Session-Id header, or the spec's 400/404. */
-  function sessionOf (request: FastifyRequest): Session {
+  /**
+   * The caller's live session named by the Mcp-Session-Id header, or the spec's 400/404. Cluster
+   * mode: the node id of a session another live replica holds (the request is forwarded there); one
+   * of a lost replica is unknown (the client initializes again).
+   */
+  async function sessionOf (request: FastifyRequest): Promise<Session | string> {
     const id = request.headers['mcp-session-id']
     if (typeof id !== 'string' || id === '') {
       throw rpcError(400, RPC.server, 'Bad Request: Mcp-Session-Id header is required (send initialize first to open a session)')
     }
     const session = registry.get(id)
+    const node = session ? undefined : sessionNode(id)
+    // forwarded once at most: a forwarded request is served by the replica it reached
+    if (node && node !== fastify.tasks.owner && fastify.cluster && !forwarded(request) && await fastify.cluster.live(node)) return node
     // another principal's session is as good as unknown
     if (!session || session.principal !== request.principal) throw rpcError(404, RPC.sessionNotFound, 'Session not found: it expired or was closed; initialize a new session')
     return session
+  }
+
+  /** A legacy request of a session another replica holds, forwarded to it as this caller. */
+  async function forward (request: FastifyRequest, reply: FastifyReply, node: string) {
+    const cluster = fastify.cluster!
+    reply.hijack()
+    try {
+      await cluster.proxySession(node, request.principal, request.raw, reply.raw, request.body)
+    } catch (err) {
+      request.log.warn({ err, node }, 'mcp session not forwarded')
+      if (!reply.raw.headersSent) {
+        reply.raw.writeHead(503, { 'content-type': 'application/json', 'retry-after': '5' })
+        reply.raw.end(JSON.stringify({ jsonrpc: '2.0', error: { code: RPC.server, message: (err as Error).message }, id: null }))
+      } else {
+        reply.raw.end()
+      }
+    }
+  }
+
+  /** A legacy request to its session, here or on the replica that holds it. */
+  async function serveSession (request: FastifyRequest, reply: FastifyReply) {
+    const session = await sessionOf(request)
+    if (typeof session === 'string') return forward(request, reply, session)
+    return dispatch(request, reply, session.transport, session)
   }
 
   /** Hands the request to the SDK; after hijack, failures are still answered. */
@@ -144,10 +178,7 @@ const route: FastifyPluginAsync = async (fastify) => {
       throw rpcError(400, RPC.invalidRequest, 'Invalid Request: the body must be one JSON-RPC message object')
     }
     if (isModern(request)) return dispatchModern(request, reply)
-    if (request.headers['mcp-session-id'] !== undefined || !isInitializeRequest(body)) {
-      const session = sessionOf(request)
-      return dispatch(request, reply, session.transport, session)
-    }
+    if (request.headers['mcp-session-id'] !== undefined || !isInitializeRequest(body)) return serveSession(request, reply)
     let opened
     try {
       opened = await registry.open(request.principal)
@@ -165,14 +196,12 @@ const route: FastifyPluginAsync = async (fastify) => {
 
   fastify.get('/mcp', async (request, reply) => {
     if (isModern(request)) return dispatchModern(request, reply)
-    const session = sessionOf(request)
-    return dispatch(request, reply, session.transport, session)
+    return serveSession(request, reply)
   })
 
   fastify.delete('/mcp', async (request, reply) => {
     if (isModern(request)) return dispatchModern(request, reply)
-    const session = sessionOf(request)
-    return dispatch(request, reply, session.transport, session)
+    return serveSession(request, reply)
   })
 
   fastify.route({

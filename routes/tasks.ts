@@ -9,6 +9,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
 import { DockerError, type DockerErrorCode } from '../services/docker/errors.js'
+import { HTTP_STATUS } from '../services/errors.js'
 import { MESSAGE_TYPES } from '../services/tasks/engine.js'
 import { MAX_LOG_OFFSET, MAX_OFFSET, TaskError, TERMINAL, type TaskRecord } from '../services/tasks/types.js'
 import { eventView, TaskEventSchema, TaskListSchema, TaskStatusSchema, TaskViewSchema, taskView } from '../services/tasks/view.js'
@@ -17,7 +18,6 @@ const ErrorSchema = Type.Object({ statusCode: Type.Integer(), error: Type.String
 const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema }
 const TaskParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 100, description: 'The task id' }) })
 
-const STATUS_OF: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503, budget: 429 }
 /** The Docker engine's errors of a workspace read (files, file): the engine down is a 503, its refusals a 4xx. */
 const DOCKER_STATUS_OF: Partial<Record<DockerErrorCode, number>> = { no_such_container: 404, no_such_volume: 404, no_such_image: 503, conflict: 409, bad_request: 400 }
 
@@ -43,7 +43,7 @@ const route: FastifyPluginAsyncTypebox = async (fastify) => {
     try {
       return await fn()
     } catch (err) {
-      if (err instanceof TaskError) throw fastify.httpErrors.createError(STATUS_OF[err.code], err.message)
+      if (err instanceof TaskError) throw fastify.httpErrors.createError(HTTP_STATUS[err.code], err.message)
       if (err instanceof DockerError) throw fastify.httpErrors.createError(DOCKER_STATUS_OF[err.code] ?? 503, err.message)
       throw err
     }

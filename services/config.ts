@@ -83,6 +83,9 @@ export const ConfigSchema = Type.Object({
   // Task store: SQLite in DATA_DIR (empty), or PostgreSQL (cluster mode)
   DATABASE_URL: Str('', 'a postgres:// or postgresql:// URL such as postgres://user:password@db:5432/lop (or DATABASE_URL_FILE), or empty for SQLite in DATA_DIR', { pattern: '^(postgres(ql)?://\\S+)?$' }),
   DATABASE_POOL_SIZE: Int(10, 1, 200, 'an integer from 1 to 200 (PostgreSQL connections per replica)'),
+  // Cluster mode (DATABASE_URL): where the other replicas reach this one, and the secret they share
+  NODE_URL: Str('', 'an http:// or https:// URL where the other replicas reach this one, such as http://10.0.0.5:3500, or empty for http://127.0.0.1:MCP_PORT', { pattern: '^(https?://\\S+)?$' }),
+  CLUSTER_TOKEN: Str('', 'a secret of at least 32 characters shared by the replicas (or CLUSTER_TOKEN_FILE), or empty to forward nothing between replicas', { pattern: '^(\\S{32,})?$' }),
 
   // Operations
   METRICS_TOKEN: Str('', 'a token of at least 16 characters for GET /metrics (or METRICS_TOKEN_FILE), or empty to use the MCP authentication', { pattern: '^(\\S{16,})?$' }),
@@ -114,7 +117,7 @@ export const ConfigSchema = Type.Object({
 export type Config = Static<typeof ConfigSchema>
 
 /** Variables that may come from a file (`NAME_FILE`, Docker secrets) and are never logged. */
-export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN', 'DATABASE_URL', 'GIT_CREDENTIALS'] as const
+export const SECRET_VARIABLES = ['LETTA_API_TOKEN', 'MCP_AUTH_TOKENS', 'METRICS_TOKEN', 'DATABASE_URL', 'GIT_CREDENTIALS', 'CLUSTER_TOKEN'] as const
 
 export class ConfigError extends Error {
   override name = 'ConfigError'
@@ -264,6 +267,11 @@ export function isLoopbackHost (host: string): boolean {
   return LOOPBACK_NAMES.has(host) || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
 }
 
+/** Where the other replicas reach this one (NODE_URL, or loopback on MCP_PORT), without a trailing slash. */
+export function nodeUrl (config: Pick<Config, 'NODE_URL' | 'MCP_PORT'>): string {
+  return (config.NODE_URL || `http://127.0.0.1:${config.MCP_PORT}`).replace(/\/+$/, '')
+}
+
 /** Checks that need more than one variable or a parse; run after schema validation. */
 export function checkConfig (config: Config): void {
   // the schema's bounds do not hold for a coerced "Infinity": every number must be finite
@@ -305,6 +313,12 @@ export function checkConfig (config: Config): void {
     throw new ConfigError(`Invalid configuration: RUNNER_ENV_PASSTHROUGH names ${leaked.join(', ')}, a secret of the service itself; pass only the model providers' variables, such as ANTHROPIC_API_KEY`)
   }
   const tokens = parseAuthTokens(config.MCP_AUTH_TOKENS)
+  if (config.CLUSTER_TOKEN && !config.DATABASE_URL) {
+    throw new ConfigError('Invalid configuration: CLUSTER_TOKEN is for cluster mode, which needs DATABASE_URL (PostgreSQL); set DATABASE_URL or leave CLUSTER_TOKEN empty')
+  }
+  if (config.CLUSTER_TOKEN && tokens.some((t) => t.token === config.CLUSTER_TOKEN)) {
+    throw new ConfigError('Invalid configuration: CLUSTER_TOKEN is also an MCP_AUTH_TOKENS token; the replicas\' secret must be a token of its own (generate one with: openssl rand -hex 32)')
+  }
   if (tokens.length === 0 && !isLoopbackHost(config.MCP_HOST) && !config.MCP_ALLOW_UNAUTHENTICATED) {
     throw new ConfigError(`Refusing to listen on ${config.MCP_HOST} without authentication: set MCP_AUTH_TOKENS=principal:token (generate a token with: openssl rand -hex 32), or bind MCP_HOST=127.0.0.1, or set MCP_ALLOW_UNAUTHENTICATED=true to accept unauthenticated clients on purpose`)
   }

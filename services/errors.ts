@@ -9,3 +9,6 @@ export class TaskError extends Error {
     super(message)
   }
 }
+
+/** The HTTP status of each TaskError code (the HTTP routes, and the replicas' internal API). */
+export const HTTP_STATUS: Record<TaskError['code'], number> = { not_found: 404, conflict: 409, invalid: 400, queue_full: 429, disabled: 403, draining: 503, unavailable: 503, budget: 429 }

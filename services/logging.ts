@@ -9,7 +9,7 @@ export function loggerOptions (env: Record<string, string | undefined>, isTTY = 
   return {
     level,
     redact: {
-      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', ...SECRET_VARIABLES.map((s) => `config.${s}`)],
+      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'req.headers["x-cluster-token"]', 'headers["x-cluster-token"]', ...SECRET_VARIABLES.map((s) => `config.${s}`)],
       censor: '[redacted]'
     },
     ...(debug || isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:standard', ignore: 'pid,hostname' } } } : {})

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import t from 'tap'
 import configPlugin from '../plugins/config.js'
-import { ConfigError, parseAuthTokens, parseByteSize, readEnvSources, redactUrl } from '../services/config.js'
+import { ConfigError, parseAuthTokens, parseByteSize, readEnvSources, nodeUrl, redactUrl } from '../services/config.js'
 import { loggerOptions } from '../services/logging.js'
 import { tempDir } from './helpers/app.js'
 
@@ -153,4 +153,24 @@ t.test('the task store: DATABASE_URL (or its file) picks PostgreSQL, only postgr
   t.equal(redactUrl('postgres://lop:s3cret@db:5432/lop'), 'postgres://lop:***@db:5432/lop', 'a log line shows the URL without its password')
   t.equal(redactUrl('postgres://lop@db/lop'), 'postgres://lop@db/lop')
   t.ok((loggerOptions({}).redact as { paths: string[] }).paths.includes('config.DATABASE_URL'), 'the logger redacts it')
+})
+
+t.test('cluster forwarding: NODE_URL an http(s) URL, CLUSTER_TOKEN (or its file) a long secret of its own, needing DATABASE_URL, never echoed', async (t) => {
+  const db = 'postgres://u:p@db/lop'
+  const token = 'k'.repeat(32)
+  const c = await loadConfig({})
+  t.same([c.NODE_URL, c.CLUSTER_TOKEN], ['', ''], 'empty: loopback on MCP_PORT, no forwarding')
+  t.equal(nodeUrl({ NODE_URL: '', MCP_PORT: 3600 }), 'http://127.0.0.1:3600')
+  t.equal(nodeUrl({ NODE_URL: 'https://r1.internal:3500/', MCP_PORT: 3600 }), 'https://r1.internal:3500')
+  await t.rejects(loadConfig({ NODE_URL: 'ftp://r1' }), /NODE_URL="ftp:\/\/r1": expected an http:\/\/ or https:\/\/ URL/)
+  t.equal((await loadConfig({ DATABASE_URL: db, CLUSTER_TOKEN: token })).CLUSTER_TOKEN, token)
+  const short = await loadConfig({ DATABASE_URL: db, CLUSTER_TOKEN: 'short-secret' }).catch((e: Error) => e)
+  t.match(String(short), /CLUSTER_TOKEN=<redacted>: expected a secret of at least 32 characters/)
+  t.notMatch(String(short), /short-secret/, 'the value is not echoed')
+  await t.rejects(loadConfig({ CLUSTER_TOKEN: token }), /CLUSTER_TOKEN is for cluster mode, which needs DATABASE_URL/)
+  await t.rejects(loadConfig({ DATABASE_URL: db, CLUSTER_TOKEN: token, MCP_AUTH_TOKENS: `alice:${token}` }), /CLUSTER_TOKEN is also an MCP_AUTH_TOKENS token/)
+  const file = join(tempDir(t), 'cluster-token')
+  writeFileSync(file, `${token}\n`)
+  t.equal((await loadConfig({ DATABASE_URL: db, CLUSTER_TOKEN_FILE: file })).CLUSTER_TOKEN, token, 'from a file (Docker secret)')
+  t.ok((loggerOptions({}).redact as { paths: string[] }).paths.includes('config.CLUSTER_TOKEN'), 'the logger redacts it')
 })

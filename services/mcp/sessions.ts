@@ -32,6 +32,8 @@ export interface SessionRegistryOptions {
   /** Builds the McpServer of one session (a server is never shared between sessions). */
   createServer: (principal: string) => McpServer
   onEvict?: (session: Session, reason: EvictionReason) => void
+  /** Cluster mode: this replica's node id, which session ids carry (`<node id>.<uuid>`) so any replica can forward to it. */
+  node?: string
   now?: () => number
 }
 
@@ -96,7 +98,7 @@ export class SessionRegistry {
     }
     const server = this.opts.createServer(principal)
     const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
-      sessionIdGenerator: randomUUID,
+      sessionIdGenerator: this.opts.node ? () => `${this.opts.node}.${randomUUID()}` : randomUUID,
       onsessioninitialized: (id) => {
         unreserve(true) // the slot is now the session's
         const at = this.now()

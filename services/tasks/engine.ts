@@ -26,6 +26,7 @@ import { dailyMessage, dailyOver, dailyRefusal, DAY_MS, exhausted, overLimits, s
 import { QueueFullError, Semaphore } from './semaphore.js'
 import { transition, turnEnd } from './lifecycle.js'
 import { Run, type TurnOutcome } from './run.js'
+import type { ClusterSeam, RemoteMethod } from './remote.js'
 import type { TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
@@ -117,6 +118,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly steps = new Map<string, Promise<unknown>>()
   /** Tasks made by a submit() that has not scheduled them yet: recovery leaves them to it. */
   private readonly submitting = new Set<string>()
+  /** Cluster mode (set by the plugin): tasks record their replica; node-local calls go to it. */
+  cluster?: ClusterSeam
 
   constructor (
     readonly store: TaskStore,
@@ -244,7 +247,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       workspace_removed_at: null,
       limits,
       spent: null,
-      egress_allow: egressAllow
+      egress_allow: egressAllow,
+      // cluster mode: the replica that takes the slot runs the task
+      ...(this.cluster ? { node_id: this.owner } : {})
     })
 
     let task: TaskRecord
@@ -656,6 +661,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** A byte range of the task's full log (kept on disk up to TASK_LOG_LIMIT). */
   async logs (principal: string, id: string, offset = 0, limit = 65_536): Promise<{ task: TaskRecord, data: Buffer, size: number }> {
     const task = await this.get(principal, id)
+    const remote = this.elsewhere(task, 'logs', principal, [id, offset, limit])
+    if (remote) return await remote as { task: TaskRecord, data: Buffer, size: number }
     return { task, ...await readLogRange(this.logPath(id), offset, limit) }
   }
 
@@ -665,6 +672,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   async streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): Promise<{ task: TaskRecord, chunks: AsyncGenerator<Buffer> }> {
     const task = await this.get(principal, id)
+    const node = this.nodeOf(task)
+    if (node) return { task, chunks: await this.remoteNodes(task, node).streamLogs(node, principal, id, opts) }
     const ended = opts.follow ? async () => TERMINAL.has(await this.store.status(id) as TaskStatus) : async () => true
     return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
   }
@@ -672,12 +681,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** Files of the task's workspace, during the run (its container) and after (a helper container). */
   async files (principal: string, id: string, path: string, limit: number) {
     const task = await this.get(principal, id)
+    const remote = this.elsewhere(task, 'files', principal, [id, path, limit])
+    if (remote) return await remote as Awaited<ReturnType<Workspaces['list']>>
     return this.whileReading(id, () => this.workspaces.list(task, this.live.get(id)?.containerId, path, limit))
   }
 
   /** A workspace file, with the passed-through secrets redacted like every other output. */
   async readFile (principal: string, id: string, path: string) {
     const task = await this.get(principal, id)
+    const remote = this.elsewhere(task, 'readFile', principal, [id, path])
+    if (remote) return await remote as Awaited<ReturnType<Workspaces['read']>>
     const file = await this.whileReading(id, () => this.workspaces.read(task, this.live.get(id)?.containerId, path))
     return redactFile(file, this.secrets)
   }
@@ -688,6 +701,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   async patch (principal: string, id: string): Promise<{ task: TaskRecord, patch: string, truncated: boolean, commits: number }> {
     const task = await this.get(principal, id)
+    const remote = this.elsewhere(task, 'patch', principal, [id])
+    if (remote) return await remote as Awaited<ReturnType<TaskEngine['patch']>>
     if (!task.repository) throw new TaskError('conflict', `Task ${id} has no cloned repository: its files are read with get_task_files and read_task_file`)
     if (!TERMINAL.has(task.status)) throw new TaskError('conflict', `Task ${id} is ${task.status}; the patch is made once it has ended`)
     const message = task.repository.push?.commit_message ?? commitMessage(task)
@@ -697,6 +712,26 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       throw new TaskError('conflict', err.message)
     })
     return { task, ...made }
+  }
+
+  /** The replica that runs or ran the task, when it is another one (cluster mode). */
+  private nodeOf (task: TaskRecord): string | undefined {
+    return task.node_id && task.node_id !== this.owner ? task.node_id : undefined
+  }
+
+  /** The other replicas, or a 409 naming the task's replica when CLUSTER_TOKEN is not set. */
+  private remoteNodes (task: TaskRecord, node: string) {
+    const remote = this.cluster?.remote
+    if (!remote) {
+      throw new TaskError('conflict', `Task ${task.id} runs on replica ${node}: its workspace, log and container are there, and this replica forwards nothing without CLUSTER_TOKEN; set CLUSTER_TOKEN on every replica, or call replica ${node}`, { node_id: node })
+    }
+    return remote
+  }
+
+  /** `method` called on the replica that runs the task, when it is another one; undefined: the call is this replica's. */
+  private elsewhere (task: TaskRecord, method: RemoteMethod, principal: string, args: unknown[]): Promise<unknown> | undefined {
+    const node = this.nodeOf(task)
+    return node ? this.remoteNodes(task, node).call(node, method, principal, args) : undefined
   }
 
   /** Marks the task's workspace as being read (its helper container is not an orphan meanwhile). */
@@ -724,6 +759,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const type = opts.type ?? 'update'
     const metadataSize = opts.metadata ? Buffer.byteLength(JSON.stringify(opts.metadata)) : 0
     if (metadataSize > METADATA_LIMIT) throw new TaskError('invalid', `metadata is ${metadataSize} bytes as JSON, over the limit of ${METADATA_LIMIT}; send less metadata (put long text in the message)`)
+    // the replica that runs the task holds its turns and workspace: the message is its to take
+    const remote = this.cluster && this.elsewhere(await this.get(principal, id), 'message', principal, [id, text, opts])
+    if (remote) return await remote as Awaited<ReturnType<TaskEngine['message']>>
     const prompt = type === 'update' ? message : `[${type}] ${message}`
     const note = { message, message_type: type, ...(opts.metadata ? { metadata: opts.metadata } : {}), message_id: `msg_${randomUUID()}` }
     // read, decided and written in one step of the task: two messages, or a message and a turn's
@@ -779,6 +817,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** `reason` (the caller's words, optional) is kept in the event of the control. */
   async control (principal: string, id: string, action: 'cancel' | 'pause' | 'resume', reason?: string): Promise<TaskRecord> {
     const task = await this.get(principal, id)
+    // its slot, its run and its container are on the replica that runs it
+    const remote = this.elsewhere(task, 'control', principal, [id, action, reason])
+    if (remote) return await remote as TaskRecord
     const why = reason ? { reason } : {}
     if (TERMINAL.has(task.status)) throw new TaskError('conflict', `Task ${id} already ended (${task.status}); nothing to ${action}`)
     if (action === 'cancel') {

@@ -109,7 +109,21 @@ const MIGRATIONS: string[] = [
   // repository.push: the outcome of a task's last push (SQLite migration 11)
   'ALTER TABLE tasks ADD COLUMN push JSON;',
   // egress: what a task sent and received through the proxy (SQLite migration 12)
-  'ALTER TABLE tasks ADD COLUMN egress JSON;'
+  'ALTER TABLE tasks ADD COLUMN egress JSON;',
+  // cluster mode: the replicas (nodes), the replica that runs a task, the fencing token of its claim
+  `CREATE TABLE nodes (
+     node_id TEXT PRIMARY KEY,
+     url TEXT NOT NULL,
+     engine JSON,
+     capacity INTEGER NOT NULL,
+     started_at BIGINT NOT NULL,
+     heartbeat_at BIGINT NOT NULL,
+     lost BOOLEAN NOT NULL DEFAULT false
+   );
+   ALTER TABLE tasks ADD COLUMN node_id TEXT;
+   ALTER TABLE tasks ADD COLUMN lease BIGINT;
+   CREATE SEQUENCE lease_seq;
+   CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE status = 'queued';`
 ]
 
 /** The schema version a migrated database has (one row per migration in schema_migrations). */
@@ -135,7 +149,7 @@ type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>
 
 function toRecord (r: Row | undefined): TaskRecord | undefined {
   if (!r) return undefined
-  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, has_diff: _hasDiff, event_seq: _seq, ...rest } = r
+  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, has_diff: _hasDiff, event_seq: _seq, lease: _lease, ...rest } = r
   return { ...rest, letta: agent ? { block_id: blockId ?? null, attached: attached === 1, notified: notify === 'sent', error: error ?? null } : null } as unknown as TaskRecord
 }
 

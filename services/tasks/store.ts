@@ -129,7 +129,9 @@ const MIGRATIONS: string[] = [
   // repository.push: the last push of a task's changes (branch, commit, url, error), as JSON
   'ALTER TABLE tasks ADD COLUMN push TEXT;',
   // egress: what a task sent and received through the proxy (JSON: bytes_out, bytes_in, connections, denied, hosts)
-  'ALTER TABLE tasks ADD COLUMN egress TEXT;'
+  'ALTER TABLE tasks ADD COLUMN egress TEXT;',
+  // cluster mode's record shape: the replica that runs a task (always null here, one replica)
+  'ALTER TABLE tasks ADD COLUMN node_id TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */
