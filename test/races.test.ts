@@ -65,6 +65,29 @@ t.test('an idempotent retry gets its task back when the queue is full; other arg
   for (const x of [b, a]) await call(client, 'send_task_control', { task_id: x.task_id, control: 'cancel' })
 })
 
+t.test('submissions and follow-ups in flight at once: the queue never overfills, no message is lost', async (t) => {
+  const { app } = await setup(t, { MAX_CONCURRENT_TASKS: '1', MAX_QUEUED_TASKS: '1' })
+  const caller = { principal: 'anonymous' }
+  // started in one tick: each awaits the store between its check of the queue's room and its scheduling
+  const submitted = await Promise.allSettled(Array.from({ length: 4 }, () => app.tasks.submit(caller, { task_description: 'sleep 60' })))
+  const accepted = submitted.flatMap((r) => (r.status === 'fulfilled' ? [r.value.task] : []))
+  const refused = submitted.flatMap((r) => (r.status === 'rejected' ? [r.reason as { code?: string }] : []))
+  t.equal(accepted.length, 2, 'one running and one waiting are accepted')
+  t.match(refused, [{ code: 'queue_full' }, { code: 'queue_full' }], 'the others are refused at once')
+  t.equal(app.tasks.running + app.tasks.queued, 2, 'the semaphore holds the two accepted tasks only')
+  const [first, second] = accepted
+  await waitFor(t, 'the first task runs', async () => (await app.tasks.get('anonymous', first.id)).status === 'running', 60_000)
+  t.notOk((await app.tasks.countByStatus()).failed, 'no accepted task was failed for a full queue')
+
+  // three messages at once to the running task: each read-modify-write of its pending list waits for the one before
+  const sent = await Promise.all(['one', 'two', 'three'].map((m) => app.tasks.message('anonymous', first.id, `say ${m}`)))
+  t.same(sent.map((x) => x.delivery), ['queued_for_next_turn', 'queued_for_next_turn', 'queued_for_next_turn'])
+  t.same((await app.tasks.get('anonymous', first.id)).pending, ['say one', 'say two', 'say three'], 'every message is kept, in order')
+  const queued = (await app.tasks.history('anonymous', first.id)).events.filter((e) => e.type === 'message_queued')
+  t.same(queued.map((e) => e.data.position), [1, 2, 3])
+  for (const task of [second, first]) await app.tasks.control('anonymous', task.id, 'cancel')
+})
+
 t.test('a follow-up sent while the end of a turn is being recorded runs as the next turn', async (t) => {
   const { app, client } = await setup(t)
   const hold = holdDiff(app)
