@@ -224,6 +224,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       diff: null,
       diff_truncated: false,
       workspace_removed_at: null,
+      node_id: null,
       limits,
       spent: null,
       egress_allow: egressAllow

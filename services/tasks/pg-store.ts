@@ -105,8 +105,26 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (task_id, step)
    );
    CREATE INDEX spend_principal ON spend (principal, at);
-   CREATE INDEX spend_agent ON spend (principal, agent_id, at);`
+   CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
+  // cluster mode (issue #15): the replicas (nodes) with their heartbeat; a task's node (the replica
+  // that runs or ran it: its workspace, logs and container) and the fencing token of its claim
+  `CREATE TABLE nodes (
+     node_id TEXT PRIMARY KEY,
+     url TEXT NOT NULL,
+     engine JSON,
+     capacity INTEGER NOT NULL,
+     started_at BIGINT NOT NULL,
+     heartbeat_at BIGINT NOT NULL,
+     lost BOOLEAN NOT NULL DEFAULT false
+   );
+   ALTER TABLE tasks ADD COLUMN node_id TEXT;
+   ALTER TABLE tasks ADD COLUMN lease BIGINT;
+   CREATE SEQUENCE lease_seq;
+   CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE status = 'queued';`
 ]
+
+/** The schema version once every migration ran (one row per migration in schema_migrations). */
+export const PG_SCHEMA_VERSION = MIGRATIONS.length
 
 /** How long a new connection may take before the start or the query fails. */
 const CONNECT_TIMEOUT_MS = 20_000
@@ -132,7 +150,7 @@ type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>
 
 function toRecord (r: Row | undefined): TaskRecord | undefined {
   if (!r) return undefined
-  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, has_diff: _hasDiff, event_seq: _seq, ...rest } = r
+  const { letta_block_id: blockId, letta_attached: attached, letta_notify: notify, letta_error: error, letta_agent_id: agent, has_diff: _hasDiff, event_seq: _seq, lease: _lease, ...rest } = r
   return { ...rest, letta: agent ? { block_id: blockId ?? null, attached: attached === 1, notified: notify === 'sent', error: error ?? null } : null } as unknown as TaskRecord
 }
 

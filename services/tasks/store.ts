@@ -125,7 +125,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX spend_principal ON spend (principal, at);
    CREATE INDEX spend_agent ON spend (principal, agent_id, at);`,
   // egress: a task's own allow-list (narrower than RUNNER_EGRESS_ALLOW; null: the server's)
-  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;'
+  'ALTER TABLE tasks ADD COLUMN egress_allow TEXT;',
+  // cluster mode's node of a task (always null here: one SQLite file is one node), so the record has the same shape
+  'ALTER TABLE tasks ADD COLUMN node_id TEXT;'
 ]
 
 /** The large columns of a task, kept in task_content. */

@@ -61,6 +61,8 @@ export interface TaskRecord {
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */
   resumed_at?: number | null
+  /** Cluster mode (PostgreSQL): the replica that runs or ran the task (its workspace, logs, container); null while unclaimed, and always with SQLite. */
+  node_id?: string | null
   /** The Letta workspace block and notification, when the task has an agent and Letta is configured (read only). */
   letta?: { block_id: string | null, attached: boolean, notified: boolean, error: string | null } | null
 }
