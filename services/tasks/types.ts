@@ -11,7 +11,7 @@ export const MAX_LOG_OFFSET = 2 ** 40
 export const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'timeout', 'cancelled'])
 
 /** Why a task ended the way it did. */
-export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled' | 'budget'
+export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled' | 'budget' | 'node_lost'
 
 /** A task's own limits (null: none), the caller's or the server's ceiling (RUNNER_MAX_*). */
 export interface Limits { max_cost: number | null, max_tokens: number | null, max_steps: number | null }
