@@ -11,10 +11,12 @@ import { LABEL } from '../services/runner/container-spec.js'
 import { PgTaskStore } from '../services/tasks/pg-store.js'
 import { LeaseLostError } from '../services/tasks/store.js'
 import type { TaskRecord } from '../services/tasks/types.js'
+import { FakeLetta } from './fixtures/letta-server.js'
 import { listen, tempDir } from './helpers/app.js'
-import { engine } from './helpers/docker.js'
+import { engine, removeOwned, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { freshDatabase } from './helpers/postgres.js'
+import { freePort, healthy, startServer } from './helpers/server.js'
 import { untilEnded } from './helpers/tasks.js'
 
 const AGENT_IMAGE = 'letta-opencode-test-agent:latest'
@@ -136,7 +138,7 @@ t.test('fencing: a stale owner cannot write a task another replica took over', a
 t.test('three replicas share 60 tasks: each runs once, within both limits, answers readable everywhere', async (t) => {
   const url = await freshDatabase(t)
   const env = { ...BASE_ENV, DATABASE_URL: url, MAX_CONCURRENT_TASKS: '2', CLUSTER_MAX_CONCURRENT_TASKS: '5', MAX_QUEUED_TASKS: '100', SYNC_WAIT_MS: '600000' }
-  const apps = []
+  const apps: Array<Awaited<ReturnType<typeof listen>>> = []
   for (let i = 0; i < 3; i++) apps.push(await listen(t, { env }))
   const owners = apps.map(({ app }) => app.tasks.owner)
   const clients: Client[] = []
@@ -200,4 +202,100 @@ t.test('three replicas share 60 tasks: each runs once, within both limits, answe
     if ((await store.get(done.task_id))?.node_id !== owners[0]) elsewhere++
   }
   t.equal(elsewhere, 1, 'a sync call returned the end of a task another replica ran')
+})
+
+t.test('node loss: a SIGKILLed replica\'s running tasks end node_lost within the lease, its queued ones run elsewhere, its orphans go when it returns', async (t) => {
+  const url = await freshDatabase(t)
+  const lease = 3_000
+  const env = (dir: string, port: number) => ({
+    ...BASE_ENV,
+    DATABASE_URL: url,
+    DATA_DIR: dir,
+    MCP_PORT: String(port),
+    NODE_LEASE_MS: String(lease),
+    NODE_HEARTBEAT_MS: '500',
+    MAX_CONCURRENT_TASKS: '2',
+    CLUSTER_MAX_CONCURRENT_TASKS: '2',
+    ORPHAN_GRACE_MS: '0',
+    RECONCILE_INTERVAL_MS: '1000'
+  })
+  const dirA = tempDir(t)
+  const [portA, portB] = [await freePort(), await freePort()]
+  let a = startServer(dirA, env(dirA, portA))
+  t.teardown(() => { a.child.kill('SIGKILL') })
+  t.ok(await healthy(portA), 'replica A up')
+  const { client: viaA } = await connect(t, `http://127.0.0.1:${portA}`)
+  const call = async (client: Client, name: string, args: Record<string, unknown>) => {
+    const res = await client.callTool({ name, arguments: args }) as CallToolResult
+    if (res.isError) throw new Error((res.content[0] as { text: string }).text)
+    return res.structuredContent as Record<string, unknown> & { task_id: string, status: string }
+  }
+  // A runs two long tasks (alone, it claims them)
+  const running = [await call(viaA, 'opencode_execute_task', { task_description: 'sleep 600' }), await call(viaA, 'opencode_execute_task', { task_description: 'sleep 600' })]
+  for (const r of running) await waitFor(t, 'running on A', async () => (await call(viaA, 'get_task_status', { task_id: r.task_id })).status === 'running', 120_000)
+  const ownerA = (await engine.listContainers({ [LABEL.task]: running[0].task_id }))[0]?.Labels[LABEL.owner]
+  t.ok(ownerA, 'A\'s containers carry its owner label')
+  t.teardown(() => removeOwned(ownerA))
+
+  const dirB = tempDir(t)
+  const b = startServer(dirB, env(dirB, portB))
+  t.teardown(() => { b.child.kill('SIGKILL') })
+  t.ok(await healthy(portB), 'replica B up')
+  const { client: viaB } = await connect(t, `http://127.0.0.1:${portB}`)
+  // the cluster's two slots are A's: these wait in the queue
+  const queued = [await call(viaB, 'opencode_execute_task', { task_description: 'say q0' }), await call(viaB, 'opencode_execute_task', { task_description: 'say q1' })]
+  for (const q of queued) t.equal((await call(viaB, 'get_task_status', { task_id: q.task_id })).status, 'queued')
+
+  const killedAt = Date.now()
+  a.child.kill('SIGKILL')
+  await a.exited
+  const lost = await Promise.all(running.map((r) => untilEnded(viaB, r.task_id, 120_000)))
+  const took = Date.now() - killedAt
+  for (const v of lost) t.match(v, { status: 'failed', reason: 'node_lost', error: /node_lost: replica .* stopped answering/ })
+  t.ok(took < lease + 10_000, `the running tasks ended node_lost ${took} ms after the kill (NODE_LEASE_MS=${lease}, bounded)`)
+  const done = await Promise.all(queued.map((q) => untilEnded(viaB, q.task_id, 120_000)))
+  t.match(done, [{ status: 'completed', output: 'q0\n' }, { status: 'completed', output: 'q1\n' }], 'the queued tasks ran on B')
+  t.ok((await engine.listContainers({ [LABEL.owner]: ownerA })).length > 0, 'A\'s containers outlived it (SIGKILL)')
+
+  // A returns: registered again, its orphaned containers removed
+  a = startServer(dirA, env(dirA, portA))
+  t.ok(await healthy(portA), 'replica A back')
+  await waitFor(t, 'A\'s orphans removed', async () => (await engine.listContainers({ [LABEL.owner]: ownerA })).length === 0, 120_000)
+  const after = await Promise.all(running.map((r) => call(viaB, 'get_task_status', { task_id: r.task_id })))
+  t.same(after.map((v) => v.status), ['failed', 'failed'], 'its tasks stay failed')
+})
+
+t.test('Letta: three replicas racing on the outbox send exactly one notification per task', async (t) => {
+  const TOKEN = 'letta-test-token-0123456789'
+  const AGENT = 'agent-6b1e2f3a-1111-4222-8333-944455556666'
+  const letta = new FakeLetta(TOKEN, [AGENT])
+  await letta.start()
+  t.teardown(() => letta.stop())
+  const url = await freshDatabase(t)
+  const env = {
+    ...BASE_ENV,
+    DATABASE_URL: url,
+    LETTA_API_URL: letta.url,
+    LETTA_API_TOKEN: TOKEN,
+    LETTA_FLUSH_INTERVAL_MS: '100',
+    LETTA_TIMEOUT_MS: '2000',
+    LETTA_MAX_RETRIES: '2',
+    LETTA_PROBE_INTERVAL_MS: '1000',
+    MAX_CONCURRENT_TASKS: '3'
+  }
+  const apps: Array<Awaited<ReturnType<typeof listen>>> = []
+  for (let i = 0; i < 3; i++) apps.push(await listen(t, { env }))
+  const clients: Client[] = []
+  for (const { url } of apps) clients.push((await connect(t, url)).client)
+  const ids: string[] = []
+  for (let i = 0; i < 12; i++) {
+    const res = await clients[i % 3].callTool({ name: 'opencode_execute_task', arguments: { agent_id: AGENT, task_description: `say letta-${i}` } }) as CallToolResult
+    ids.push((res.structuredContent as { task_id: string }).task_id)
+  }
+  const ended = await Promise.all(ids.map((id, i) => untilEnded(clients[(i + 2) % 3], id, 600_000)))
+  t.same(ended.map((v) => v.status), ids.map(() => 'completed'))
+  const messagesFor = (id: string) => (letta.messages.get(AGENT) ?? []).filter((m) => m.content.includes(id))
+  await waitFor(t, 'every task notified', () => ids.every((id) => messagesFor(id).length > 0), 300_000)
+  await waitFor(t, 'the outbox drained', async () => (await apps[0].app.lettaOutbox.pending()) === 0, 300_000)
+  t.same(ids.map((id) => messagesFor(id).length), ids.map(() => 1), 'exactly one message per task')
 })
