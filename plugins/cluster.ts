@@ -24,7 +24,7 @@ export default fp(async (fastify) => {
   let forward: ClusterForward | undefined
   if (store instanceof PgTaskStore) {
     forward = token ? new ClusterForward(pgNodes(store.pool), token) : undefined
-    fastify.tasks.cluster = { remote: forward }
+    if (forward) fastify.tasks.useRemote(forward)
   }
   fastify.decorate('cluster', forward)
   fastify.decorate('clusterCaller', async (request: FastifyRequest) => {

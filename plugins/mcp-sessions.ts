@@ -38,7 +38,7 @@ export default fp(async (fastify) => {
     maxSessions: fastify.config.MCP_MAX_SESSIONS,
     createServer: (principal) => createMcpServer(deps, principal),
     onEvict: (s, reason) => fastify.log.info({ session: s.id, principal: s.principal, reason }, 'mcp session closed'),
-    node: fastify.tasks.cluster ? fastify.tasks.owner : undefined
+    node: fastify.tasks.clustered ? fastify.tasks.owner : undefined
   })
   const modern = createMcpHandler(({ authInfo }) => createMcpServer(deps, authInfo?.clientId ?? '', 'modern'), {
     legacy: 'reject',

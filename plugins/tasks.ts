@@ -12,6 +12,8 @@ import { TaskEngine } from '../services/tasks/engine.js'
 import type { LettaOutboxStore } from '../services/letta/outbox-store.js'
 import type { TaskStore } from '../services/tasks/store.js'
 import { openStores } from '../services/tasks/stores.js'
+import { PgTaskStore } from '../services/tasks/pg-store.js'
+import { ClusterNode } from '../services/cluster/nodes.js'
 
 const EGRESS_EVENTS_PER_TASK = 100
 /** How often the egress proxy's per-task counts are added to the store (batched, not per connection). */
@@ -27,6 +29,8 @@ declare module 'fastify' {
     runnerImage: RunnerImageProbe
     /** RUNNER_EGRESS=allowlist: the internal network and the egress proxy; undefined otherwise. */
     egress: Egress | undefined
+    /** Cluster mode (DATABASE_URL): this replica's node (registry, heartbeat, claims); undefined with SQLite. */
+    clusterNode: ClusterNode | undefined
   }
 }
 
@@ -71,6 +75,29 @@ export default fp(async (fastify) => {
   // the runners' spec reads `egress` (network, proxy variables) from the config it is given
   const engineConfig = egress?.runtime ? Object.assign({}, fastify.config, { egress: egress.runtime }) : fastify.config
   const engine = new TaskEngine(store, fastify.docker, engineConfig, fastify.log, fastify.runnerEnv, runnerImage)
+  // cluster mode = PostgreSQL: the queue is the database, claimed by every replica (a single replica is a cluster of one)
+  let node: ClusterNode | undefined
+  if (store instanceof PgTaskStore) {
+    const config = fastify.config
+    node = new ClusterNode(store, {
+      url: () => {
+        if (config.NODE_URL) return config.NODE_URL
+        const address = fastify.server.address()
+        return `http://127.0.0.1:${address && typeof address !== 'string' ? address.port : config.MCP_PORT}`
+      },
+      capacity: config.MAX_CONCURRENT_TASKS,
+      clusterMax: config.CLUSTER_MAX_CONCURRENT_TASKS,
+      leaseMs: config.NODE_LEASE_MS,
+      heartbeatMs: config.NODE_HEARTBEAT_MS,
+      engineInfo: async () => {
+        const v = await fastify.docker.version()
+        return { name: 'docker', version: v.Version, api_version: v.ApiVersion }
+      },
+      log: fastify.log
+    })
+    engine.useCluster(node)
+  }
+  fastify.decorate('clusterNode', node)
   fastify.decorate('tasks', engine)
   fastify.decorate('taskStore', store)
   fastify.decorate('lettaOutbox', outbox)
@@ -94,6 +121,7 @@ export default fp(async (fastify) => {
   let timer: NodeJS.Timeout | undefined
   fastify.addHook('onReady', async () => {
     runnerImage.start()
+    await node?.start(engine)
     await engine.recover().catch((err: Error) => fastify.log.error({ err }, 'task recovery failed; it runs again at the next reconcile'))
     timer = setInterval(() => {
       engine.reconcile().catch((err: Error) => fastify.log.warn({ err }, 'reconcile failed'))
@@ -105,6 +133,7 @@ export default fp(async (fastify) => {
     clearInterval(timer)
     runnerImage.stop()
     engine.close()
+    await node?.stop()
     await egress?.close()
     clearInterval(egressTimer)
     await flushEgress()

@@ -83,9 +83,12 @@ export const ConfigSchema = Type.Object({
   // Task store: SQLite in DATA_DIR (empty), or PostgreSQL (cluster mode)
   DATABASE_URL: Str('', 'a postgres:// or postgresql:// URL such as postgres://user:password@db:5432/lop (or DATABASE_URL_FILE), or empty for SQLite in DATA_DIR', { pattern: '^(postgres(ql)?://\\S+)?$' }),
   DATABASE_POOL_SIZE: Int(10, 1, 200, 'an integer from 1 to 200 (PostgreSQL connections per replica)'),
-  // Cluster mode (DATABASE_URL): where the other replicas reach this one, and the secret they share
+  // Cluster mode (DATABASE_URL): this replica's address for the others, the cluster secret, liveness and the cluster-wide limit
   NODE_URL: Str('', 'an http:// or https:// URL where the other replicas reach this one, such as http://10.0.0.5:3500, or empty for http://127.0.0.1:MCP_PORT', { pattern: '^(https?://\\S+)?$' }),
   CLUSTER_TOKEN: Str('', 'a secret of at least 32 characters shared by the replicas (or CLUSTER_TOKEN_FILE), or empty to forward nothing between replicas', { pattern: '^(\\S{32,})?$' }),
+  NODE_LEASE_MS: Int(15_000, 1_000, 600_000, 'milliseconds from 1000 to 600000 (a replica whose heartbeat is older is lost)'),
+  NODE_HEARTBEAT_MS: Int(3_000, 100, 300_000, 'milliseconds from 100 to 300000, under NODE_LEASE_MS / 2'),
+  CLUSTER_MAX_CONCURRENT_TASKS: Int(0, 0, 100_000, 'an integer from 0 to 100000 (tasks running at once in the whole cluster; 0: only MAX_CONCURRENT_TASKS per replica)'),
 
   // Operations
   METRICS_TOKEN: Str('', 'a token of at least 16 characters for GET /metrics (or METRICS_TOKEN_FILE), or empty to use the MCP authentication', { pattern: '^(\\S{16,})?$' }),
@@ -311,6 +314,9 @@ export function checkConfig (config: Config): void {
   const leaked = splitList(config.RUNNER_ENV_PASSTHROUGH).filter((name) => (SECRET_VARIABLES as readonly string[]).includes(name) || name.endsWith('_FILE'))
   if (leaked.length) {
     throw new ConfigError(`Invalid configuration: RUNNER_ENV_PASSTHROUGH names ${leaked.join(', ')}, a secret of the service itself; pass only the model providers' variables, such as ANTHROPIC_API_KEY`)
+  }
+  if (config.NODE_HEARTBEAT_MS * 2 >= config.NODE_LEASE_MS) {
+    throw new ConfigError(`Invalid configuration: NODE_HEARTBEAT_MS=${config.NODE_HEARTBEAT_MS} must be under NODE_LEASE_MS / 2 (NODE_LEASE_MS=${config.NODE_LEASE_MS}): a replica gets at least two heartbeats in before it is declared lost`)
   }
   const tokens = parseAuthTokens(config.MCP_AUTH_TOKENS)
   if (config.CLUSTER_TOKEN && !config.DATABASE_URL) {

@@ -24,10 +24,11 @@ import { followLog, readLogRange } from '../runner/output.js'
 import { branchProblem, credentialFor, Shipper, type PushRequest } from '../runner/push.js'
 import { dailyMessage, dailyOver, dailyRefusal, DAY_MS, exhausted, overLimits, spentOf, taskLimits } from './budget.js'
 import { QueueFullError, Semaphore } from './semaphore.js'
-import { transition, turnEnd } from './lifecycle.js'
+import type { ClusterQueue } from './cluster.js'
+import { IllegalTransitionError, transition, turnEnd } from './lifecycle.js'
 import { Run, type TurnOutcome } from './run.js'
-import type { ClusterSeam, RemoteMethod } from './remote.js'
-import type { TaskStore } from './store.js'
+import type { RemoteMethod, RemoteNodes } from './remote.js'
+import { WriteRefusedError, type TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
 export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
@@ -118,8 +119,15 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   private readonly steps = new Map<string, Promise<unknown>>()
   /** Tasks made by a submit() that has not scheduled them yet: recovery leaves them to it. */
   private readonly submitting = new Set<string>()
-  /** Cluster mode (set by the plugin): tasks record their replica; node-local calls go to it. */
-  cluster?: ClusterSeam
+  /** Cluster mode (PostgreSQL): the queue is the database; this replica claims while it has a free slot. */
+  private cluster?: ClusterQueue
+  /** The claim loop that runs now, and whether another pass was asked for meanwhile. */
+  private dispatching?: Promise<void>
+  private dispatchAgain = false
+  /** How often a waiter re-reads a task another replica runs (the end notification's safety net). */
+  private static readonly WAIT_POLL_MS = 2_000
+  /** Cluster mode with CLUSTER_TOKEN: the other replicas, where node-local calls on their tasks go. */
+  private remote?: RemoteNodes
 
   constructor (
     readonly store: TaskStore,
@@ -143,6 +151,24 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   get owner (): string { return this.store.owner }
+
+  /**
+   * Cluster mode: tasks are queued in the database and claimed from it by every replica (`kick()`
+   * when one may be there); set before recover().
+   */
+  useCluster (queue: ClusterQueue): void {
+    this.cluster = queue
+  }
+
+  /** Cluster mode with CLUSTER_TOKEN: node-local calls on another replica's task go to it through `remote`. */
+  useRemote (remote: RemoteNodes): void {
+    this.remote = remote
+  }
+
+  get clustered (): boolean { return this.cluster !== undefined }
+
+  /** The tasks that run (or wait to start) here. */
+  liveTasks (): string[] { return [...this.live.keys()] }
   get running (): number { return this.semaphore.running }
   get queued (): number { return this.semaphore.waiting }
   get draining (): boolean { return !this.accepting }
@@ -202,18 +228,20 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const egressAllow = args.egress_allow ? this.checkEgressAllow(args.egress_allow) : null
     // read before: create() runs inside the store's idempotency claim, synchronously
     const daily = await dailyOver(this.config, this.store, caller.principal, agentId)
+    // cluster mode: the cluster's queue (read just before; submissions racing on several replicas may overfill it by a few)
+    const waiting = this.cluster ? await this.cluster.waiting() : 0
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
     // stored; a retry with a known key gets its task all the same. Its slot is taken with the check
     // of the queue's room, in one synchronous step: submissions in flight cannot overfill the queue
-    let made: { task: TaskRecord, slot: Promise<() => void> } | undefined
+    let made: { task: TaskRecord, slot: Promise<() => void> | undefined } | undefined
     const create = (): TaskRecord => {
       if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
       const refusal = this.runnerImage?.refusal
       if (refusal) throw new TaskError('unavailable', refusal)
-      if (this.semaphore.full) throw this.queueFull()
+      if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
       if (daily) throw dailyRefusal(daily)
       const task = newTask()
-      made = { task, slot: this.semaphore.acquire(task.id) }
+      made = { task, slot: this.cluster ? undefined : this.semaphore.acquire(task.id) }
       this.submitting.add(task.id)
       return task
     }
@@ -245,11 +273,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       diff: null,
       diff_truncated: false,
       workspace_removed_at: null,
+      node_id: null,
       limits,
       spent: null,
-      egress_allow: egressAllow,
-      // cluster mode: the replica that takes the slot runs the task
-      ...(this.cluster ? { node_id: this.owner } : {})
+      egress_allow: egressAllow
     })
 
     let task: TaskRecord
@@ -278,14 +305,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     }
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
-    this.schedule(task, undefined, made?.slot)
+    if (this.cluster) this.kick()
+    else this.schedule(task, undefined, made?.slot)
     this.submitting.delete(task.id)
     return { task, existing: false }
   }
 
   /** A slot taken for a task that will not be scheduled: withdrawn if it waits, released if it was given. */
-  private giveBack (id: string, slot: Promise<() => void>): void {
+  private giveBack (id: string, slot: Promise<() => void> | undefined): void {
     this.submitting.delete(id)
+    if (!slot) return
     this.semaphore.withdraw(id, new Error('not scheduled'))
     slot.then((release) => release(), () => {})
   }
@@ -350,10 +379,90 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return files
   }
 
-  private queueFull (): TaskError {
+  private queueFull (clusterWaiting?: number): TaskError {
+    if (this.cluster) {
+      return new TaskError('queue_full', `queue full: ${this.semaphore.running} tasks running here (MAX_CONCURRENT_TASKS=${this.semaphore.limit}) and ${clusterWaiting} waiting in the cluster for a free slot (MAX_QUEUED_TASKS=${this.config.MAX_QUEUED_TASKS}); retry in a minute or cancel a task`, {
+        running: this.semaphore.running, queued: clusterWaiting, retry_after_s: 60
+      })
+    }
     return new TaskError('queue_full', `queue full: ${this.semaphore.running} tasks running (MAX_CONCURRENT_TASKS=${this.semaphore.limit}) and ${this.semaphore.waiting} waiting (MAX_QUEUED_TASKS=${this.semaphore.maxWaiting}); retry in a minute or cancel a task`, {
       running: this.semaphore.running, queued: this.semaphore.waiting, retry_after_s: 60
     })
+  }
+
+  /**
+   * Cluster mode: claims queued tasks from the database while this replica has a free slot (one
+   * claim loop at a time; a kick during one makes it go round again). Called when a task may be
+   * claimable: a submit or a follow-up here, another replica's notification, a slot freed, the poll.
+   */
+  kick (): void {
+    if (!this.cluster || !this.accepting) return
+    if (this.dispatching) {
+      this.dispatchAgain = true
+      return
+    }
+    this.dispatching = this.dispatch()
+      .catch((err: Error) => this.log.warn({ err }, 'claiming queued tasks failed; the next notification or poll tries again'))
+      .finally(() => {
+        this.dispatching = undefined
+        if (this.dispatchAgain) this.kick()
+      })
+  }
+
+  private async dispatch (): Promise<void> {
+    const cluster = this.cluster as ClusterQueue
+    do {
+      this.dispatchAgain = false
+      while (this.accepting && this.semaphore.running < this.semaphore.limit) {
+        // the slot is taken before the claim: a claimed task always has its slot here
+        const release = this.semaphore.take()
+        let id: string | undefined
+        try {
+          id = await cluster.claim()
+        } finally {
+          if (!id) release()
+        }
+        if (!id) break
+        const task = await this.store.get(id).catch(() => undefined)
+        if (!task) {
+          release()
+          continue
+        }
+        this.schedule(task, undefined, Promise.resolve(() => { release(); this.kick() }))
+      }
+    } while (this.dispatchAgain && this.accepting)
+  }
+
+  /**
+   * Cluster mode: the task is no longer this replica's (another declared this one lost and took it
+   * over, or it was cancelled elsewhere before it started): its container is stopped and removed.
+   */
+  private async letGo (id: string, why: string): Promise<void> {
+    const live = this.live.get(id)
+    this.live.delete(id)
+    if (live) {
+      this.log.warn({ taskId: id, why }, 'task no longer held by this replica: its container is stopped')
+      live.ending ??= 'node_lost'
+      live.stop()
+      await live.remove()
+    }
+    // unfenced once its container is gone (no write of the stale run comes after)
+    this.cluster?.release(id)
+  }
+
+  /** Cluster mode: lets go of the tasks that run here but are not this replica's any more (see letGo). */
+  async letGoOf (ids: string[], why: string): Promise<void> {
+    await Promise.all(ids.map((id) => this.letGo(id, why)))
+  }
+
+  /** A task's status changed on another replica (its notification): its waiters here re-read it. */
+  async taskChanged (id: string): Promise<void> {
+    const waiters = this.endWaiters.get(id)
+    if (!waiters?.size) return
+    const task = await this.store.get(id)
+    if (!task || !TERMINAL.has(task.status)) return
+    for (const resolve of waiters) resolve(task)
+    this.endWaiters.delete(id)
   }
 
   /**
@@ -369,8 +478,15 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     slot.then(async (release) => {
       try {
         // draining: a task that has not started stays queued in the store for the next start
-        if (!this.accepting && !attached) return
-        await this.run(task.id, live, attached !== undefined)
+        // (cluster mode: for another replica to claim)
+        if (!this.accepting && !attached) {
+          if (this.cluster) {
+            this.live.delete(task.id)
+            await this.cluster.unclaim(task.id)
+          }
+          return
+        }
+        await this.clusterRun(task.id, live, attached !== undefined)
       } finally {
         release()
       }
@@ -381,6 +497,25 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   // --- run ------------------------------------------------------------------------------------
+
+  /**
+   * run(), and in cluster mode what follows a write this replica's claim no longer allows (fencing:
+   * the task was taken over, or cancelled elsewhere before it started): its container goes.
+   */
+  private async clusterRun (id: string, live: Run, attached: boolean): Promise<void> {
+    if (!this.cluster) return this.run(id, live, attached)
+    try {
+      await this.run(id, live, attached)
+    } catch (err) {
+      if (!(err instanceof WriteRefusedError || err instanceof IllegalTransitionError)) throw err
+      await this.letGo(id, err.message)
+      return
+    }
+    // ended elsewhere meanwhile (node_lost): nothing was recorded here, the container is still ours to remove
+    if (this.live.has(id) && !this.closing.signal.aborted && this.accepting && TERMINAL.has(await this.store.status(id) as TaskStatus)) {
+      await this.letGo(id, 'the task ended on another replica')
+    }
+  }
 
   private newRun (id: string, init: ConstructorParameters<typeof Run>[1]): Run {
     return new Run({
@@ -592,8 +727,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * Records the task's end (in a step of the task), then runs `cleanup` and tells the listeners and
    * waiters. `unless`, checked within the step: nothing is recorded when it holds (false returned).
    */
-  private async finish (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, cleanup?: () => Promise<void>, unless?: () => Promise<boolean>): Promise<boolean> {
-    const ended = await this.step(id, async () => (unless && await unless()) ? false : this.recordEnd(id, fields))
+  private async finish (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, cleanup?: () => Promise<void>, unless?: () => Promise<boolean>, from?: TaskStatus): Promise<boolean> {
+    const ended = await this.step(id, async () => (unless && await unless()) ? false : this.recordEnd(id, fields, from))
     if (ended === false) return false
     if (!ended) return true
     const { done, finishedAt } = ended
@@ -610,10 +745,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   /** The terminal write of finish(): undefined when there is nothing to record (closing, or the task already ended). */
-  private async recordEnd (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }): Promise<{ done: TaskRecord, finishedAt: number } | undefined> {
+  private async recordEnd (id: string, fields: Partial<TaskRecord> & { status: TaskStatus }, from?: TaskStatus): Promise<{ done: TaskRecord, finishedAt: number } | undefined> {
     if (this.closing.signal.aborted) return undefined
     const task = await this.store.get(id)
     if (!task || TERMINAL.has(task.status)) return undefined
+    if (from && task.status !== from) throw new WriteRefusedError(`task ${id} is ${task.status}, no longer ${from}`)
     const finishedAt = Date.now()
     // follow-up messages still waiting are not run by an ended task: say so, whichever way it ended
     const dropped = task.pending
@@ -625,7 +761,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       this.log.warn({ taskId: id, dropped: dropped.length, status: fields.status }, 'follow-up messages not run: the task ended')
     }
     const { status, ...rest } = fields
-    await transition(this.store, id, status, { ...rest, finished_at: finishedAt })
+    await transition(this.store, id, status, { ...rest, finished_at: finishedAt }, from)
     await this.store.addEvent(id, fields.status, { reason: fields.reason ?? null, exit_code: fields.exit_code ?? null, error: fields.error ?? null })
     this.live.delete(id)
     return { done: await this.store.get(id) as TaskRecord, finishedAt }
@@ -721,7 +857,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
 
   /** The other replicas, or a 409 naming the task's replica when CLUSTER_TOKEN is not set. */
   private remoteNodes (task: TaskRecord, node: string) {
-    const remote = this.cluster?.remote
+    const remote = this.remote
     if (!remote) {
       throw new TaskError('conflict', `Task ${task.id} runs on replica ${node}: its workspace, log and container are there, and this replica forwards nothing without CLUSTER_TOKEN; set CLUSTER_TOKEN on every replica, or call replica ${node}`, { node_id: node })
     }
@@ -780,9 +916,11 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const daily = await dailyOver(this.config, this.store, principal, task.agent_id)
       if (daily) throw dailyRefusal(daily)
       if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
-      if (this.semaphore.full) throw this.queueFull()
-      // the slot is taken with the check of the queue's room (see submit)
-      const slot = this.semaphore.acquire(id)
+      const waiting = this.cluster ? await this.cluster.waiting() : 0
+      if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
+      // the slot is taken with the check of the queue's room (see submit); cluster mode: the task's
+      // node (its workspace) claims the follow-up turn
+      const slot = this.cluster ? undefined : this.semaphore.acquire(id)
       let event: TaskEvent
       let queued: TaskRecord
       try {
@@ -793,7 +931,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         this.giveBack(id, slot)
         throw err
       }
-      this.schedule(queued, undefined, slot)
+      if (this.cluster) this.kick()
+      else this.schedule(queued, undefined, slot)
       return { task: queued, delivery: 'follow_up_started' as const, message_id: note.message_id, timestamp: event.at }
     })
   }
@@ -804,10 +943,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     return new Promise((resolve, reject) => {
       const set = this.endWaiters.get(id) ?? new Set()
       this.endWaiters.set(id, set)
-      const done = (t: TaskRecord) => { clearTimeout(timer); set.delete(done); resolve(t) }
-      const fail = (err: unknown) => { clearTimeout(timer); set.delete(done); reject(err) }
+      const done = (t: TaskRecord) => { clearTimeout(timer); clearInterval(poll); set.delete(done); resolve(t) }
+      const fail = (err: unknown) => { clearTimeout(timer); clearInterval(poll); set.delete(done); reject(err) }
       const current = () => { this.store.get(id).then((t) => done(t as TaskRecord), fail) }
       const timer = setTimeout(current, ms)
+      // cluster mode: another replica may end it; its notification wakes this waiter (taskChanged), the poll is the safety net
+      const poll = this.cluster ? setInterval(() => { this.taskChanged(id).catch(() => {}) }, TaskEngine.WAIT_POLL_MS) : undefined
       signal?.addEventListener('abort', current, { once: true })
       set.add(done)
       this.store.get(id).then((t) => { if (TERMINAL.has((t as TaskRecord).status)) done(t as TaskRecord) }, fail)
@@ -828,6 +969,12 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const live = this.live.get(id)
       if (task.status === 'queued' && this.semaphore.withdraw(id, new Error('cancelled'))) {
         await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled while queued' })
+      } else if (this.cluster && task.status === 'queued' && !live) {
+        // cluster mode: queued in the database (perhaps claimed by a replica that has not started
+        // it): cancelled only if still queued (compare and set); its claimer drops it
+        const cancelled = await this.finish(id, { status: 'cancelled', reason: 'cancelled', error: 'cancelled while queued' }, undefined, undefined, 'queued')
+          .catch((err: unknown) => { if (err instanceof WriteRefusedError || err instanceof IllegalTransitionError) return false; throw err })
+        if (!cancelled) throw new TaskError('conflict', `Task ${id} started meanwhile on replica ${(await this.store.get(id))?.node_id ?? 'unknown'}; cancel it again`)
       } else if (live) {
         live.ending = 'cancelled'
         live.stop()
@@ -865,8 +1012,10 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    */
   async recover (): Promise<void> {
     // a task submitted meanwhile is scheduled by submit() alone (see below)
-    const interrupted = await this.store.withStatus('running', 'paused')
-    const queued = await this.store.withStatus('queued')
+    // cluster mode: this replica's tasks only (their containers are on its engine); the queue is claimed, not recovered
+    const mine = (tasks: TaskRecord[]) => this.cluster ? tasks.filter((t) => t.node_id === this.owner) : tasks
+    const interrupted = mine(await this.store.withStatus('running', 'paused'))
+    const queued = this.cluster ? [] : await this.store.withStatus('queued')
     const states = await Promise.all(interrupted.map((task) => task.container_id
       ? this.docker.inspectContainer(task.container_id).then((i) => i.State, () => undefined)
       : undefined))
@@ -895,6 +1044,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       await this.finish(task.id, { status: 'failed', reason: 'interrupted', error: 'the service stopped while the task ran and its container is gone; submit it again' },
         async () => { if (task.container_id) await this.docker.removeContainer(task.container_id, { force: true }).catch(() => {}) })
     }
+    this.kick()
     // orphans and expired workspaces: not on the start-up path (a busy engine must not delay it)
     this.reconcile().catch((err: Error) => this.log.warn({ err }, 'reconcile failed; it runs again at the next interval'))
   }

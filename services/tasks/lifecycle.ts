@@ -44,11 +44,12 @@ export function allowed (from: TaskStatus, to: TaskStatus): boolean {
  * Writes the task's new status with `fields`, in one write, if the table allows it from the status
  * the store has now; resolves with the status it left once the write is durable. The store writes
  * it only if the status is still the one read (compare and set): a write that came in between (the
- * read and the write are two awaits now) makes it reject rather than overwrite.
+ * read and the write are two awaits now) makes it reject rather than overwrite. With `only`, the
+ * write is made only from that status (a cancel of a queued task another replica may be starting).
  */
-export async function transition (store: TaskStore, id: string, to: TaskStatus, fields: TaskFields = {}): Promise<TaskStatus> {
+export async function transition (store: TaskStore, id: string, to: TaskStatus, fields: TaskFields = {}, only?: TaskStatus): Promise<TaskStatus> {
   const from = await store.status(id)
-  if (from === undefined || !allowed(from, to)) throw new IllegalTransitionError(id, from, to)
+  if (from === undefined || !allowed(from, to) || (only !== undefined && from !== only)) throw new IllegalTransitionError(id, from, to)
   await store.setStatus(id, from, to, fields)
   return from
 }

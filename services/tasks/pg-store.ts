@@ -10,8 +10,10 @@ import { randomUUID } from 'node:crypto'
 import { existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
-import { CONTENT_COLUMNS, JSON_COLUMNS, RETENTION_BATCH, type ListFilter, type Spending, type SpendRow, type TaskFields, type TaskStore } from './store.js'
-import type { TaskEvent, TaskRecord, TaskStatus } from './types.js'
+import { CONTENT_COLUMNS, JSON_COLUMNS, LeaseLostError, RETENTION_BATCH, WriteRefusedError, type ListFilter, type Spending, type SpendRow, type TaskFields, type TaskStore } from './store.js'
+import { TERMINAL, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
+
+const ENDED_SQL = "('completed', 'failed', 'timeout', 'cancelled')"
 
 const MIGRATIONS: string[] = [
   // today's SQLite schema (migrations 1 to 10 there), in PostgreSQL's types; event_seq is the last
@@ -110,7 +112,8 @@ const MIGRATIONS: string[] = [
   'ALTER TABLE tasks ADD COLUMN push JSON;',
   // egress: what a task sent and received through the proxy (SQLite migration 12)
   'ALTER TABLE tasks ADD COLUMN egress JSON;',
-  // cluster mode: the replicas (nodes), the replica that runs a task, the fencing token of its claim
+  // cluster mode (issue #15): the replicas (nodes) with their heartbeat; a task's node (the replica
+  // that runs or ran it: its workspace, logs and container) and the fencing token of its claim
   `CREATE TABLE nodes (
      node_id TEXT PRIMARY KEY,
      url TEXT NOT NULL,
@@ -123,10 +126,25 @@ const MIGRATIONS: string[] = [
    ALTER TABLE tasks ADD COLUMN node_id TEXT;
    ALTER TABLE tasks ADD COLUMN lease BIGINT;
    CREATE SEQUENCE lease_seq;
-   CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE status = 'queued';`
+   CREATE INDEX tasks_queue ON tasks (created_at, id) WHERE status = 'queued';`,
+  // cluster mode: a claimable task (queued, unclaimed) and a task's end are told to every replica
+  // (LISTEN lop_queue / lop_ended) the moment they commit; the Letta outbox rows a replica is
+  // working on are claimed (owner and expiry), so two replicas never send the same notification
+  `CREATE FUNCTION lop_task_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF NEW.status = 'queued' AND NEW.lease IS NULL THEN PERFORM pg_notify('lop_queue', ''); END IF;
+     IF NEW.status IN ${ENDED_SQL} AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status) THEN
+       PERFORM pg_notify('lop_ended', NEW.id);
+       PERFORM pg_notify('lop_queue', '');
+     END IF;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OF status, lease ON tasks FOR EACH ROW EXECUTE FUNCTION lop_task_notify();
+   ALTER TABLE letta_sync ADD COLUMN claimed_by TEXT;
+   ALTER TABLE letta_sync ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;`
 ]
 
-/** The schema version a migrated database has (one row per migration in schema_migrations). */
+/** The schema version once every migration ran (one row per migration in schema_migrations). */
 export const SCHEMA_VERSION = MIGRATIONS.length
 
 /** How long a new connection may take before the start or the query fails. */
@@ -135,7 +153,7 @@ const CONNECT_TIMEOUT_MS = 20_000
 /** The advisory lock key the migrations run under (any constant; 'lop-migrate' in ASCII). */
 const MIGRATION_LOCK = 0x6c6f706d
 
-const ENDED = "('completed', 'failed', 'timeout', 'cancelled')"
+const ENDED = ENDED_SQL
 
 const LETTA_COLUMNS = `l.block_id AS letta_block_id, l.attached AS letta_attached, l.notify AS letta_notify, l.error AS letta_error,
   l.agent_id AS letta_agent_id`
@@ -218,7 +236,32 @@ export interface PgStoreOptions {
 }
 
 export class PgTaskStore implements TaskStore {
+  /**
+   * Fencing (cluster mode): the lease of each task this replica claimed and has not ended; every
+   * write of such a task holds only while the task still has that lease (else LeaseLostError).
+   */
+  private readonly leases = new Map<string, number>()
+
   private constructor (readonly pool: pg.Pool, readonly owner: string) {}
+
+  /** This replica holds the task under `lease` (a claim, or its running task at start-up): its writes are fenced by it. */
+  fence (id: string, lease: number): void {
+    this.leases.set(id, lease)
+  }
+
+  /** This replica no longer holds the task (it ended here, or was taken over): its writes are no longer fenced. */
+  unfence (id: string): void {
+    this.leases.delete(id)
+  }
+
+  leaseOf (id: string): number | undefined {
+    return this.leases.get(id)
+  }
+
+  /** The tasks this replica holds a lease of. */
+  fenced (): string[] {
+    return [...this.leases.keys()]
+  }
 
   /** Connects, runs the migrations that are due, and reads this replica's identity. */
   static async open (opts: PgStoreOptions): Promise<PgTaskStore> {
@@ -272,21 +315,44 @@ export class PgTaskStore implements TaskStore {
     await this.write(id, { ...fields, status: to }, from)
   }
 
-  /** One task's write; with `from`, only if its status is still that (else it rejects). */
+  /**
+   * One task's write; with `from`, only if its status is still that (else it rejects). A task this
+   * replica holds a lease of is written only while it still has that lease (fencing). A follow-up
+   * turn (an ended task queued again) is unclaimed: its node (node_id, its workspace) claims it anew.
+   */
   private async write (id: string, fields: Partial<Omit<TaskRecord, 'id'>>, from?: TaskStatus): Promise<void> {
     const { row, content } = split(toRow(fields))
     delete row.letta
+    const lease = this.leases.get(id)
+    const followUp = from !== undefined && TERMINAL.has(from) && row.status === 'queued'
     const keys = columns(row)
     const write = async (c: Queryable) => {
-      if (keys.length) {
-        const params = [...keys.map((k) => row[k]), id, ...(from ? [from] : [])]
-        const { rowCount } = await c.query(`UPDATE tasks SET ${assignments(keys, 1)} WHERE id = $${keys.length + 1}${from ? ` AND status = $${keys.length + 2}` : ''}`, params)
-        if (from && rowCount === 0) throw new Error(`task ${id}: status is no longer ${from}; the write of ${String(row.status)} was refused`)
+      if (keys.length || lease !== undefined) {
+        const params: unknown[] = [...keys.map((k) => row[k]), id]
+        const where = [`id = $${params.length}`]
+        if (from) where.push(`status = $${params.push(from)}`)
+        if (lease !== undefined) where.push(`lease = $${params.push(lease)}`)
+        const set = [...(keys.length ? [assignments(keys, 1)] : []), ...(followUp ? ['lease = NULL'] : []), ...(keys.length || followUp ? [] : ['id = id'])]
+        const { rowCount } = await c.query(`UPDATE tasks SET ${set.join(', ')} WHERE ${where.join(' AND ')}`, params)
+        if (rowCount === 0) await this.refused(c, id, from, row.status, lease)
       }
       await writeContent(c, id, content)
     }
     if (Object.keys(content).length) await this.tx(write)
     else await write(this.pool)
+    if (lease !== undefined && (followUp || (row.status !== undefined && TERMINAL.has(row.status as TaskStatus)))) this.leases.delete(id)
+  }
+
+  /** Why a conditional write matched no row: the lease was taken over, or the status moved on (a missing task is no error, as in SQLite). */
+  private async refused (c: Queryable, id: string, from: TaskStatus | undefined, to: unknown, lease: number | undefined): Promise<void> {
+    const now = (await c.query<{ status: TaskStatus, lease: number | null }>('SELECT status, lease FROM tasks WHERE id = $1', [id])).rows[0]
+    if (!now) {
+      if (from) throw new WriteRefusedError(`task ${id} does not exist; the write of ${String(to)} was refused`)
+      return
+    }
+    // the lease stays: every later write of the stale run is refused too, until the run lets go (unfence)
+    if (lease !== undefined && now.lease !== lease) throw new LeaseLostError(id, lease)
+    if (from && now.status !== from) throw new WriteRefusedError(`task ${id}: status is no longer ${from}; the write of ${String(to)} was refused`)
   }
 
   async addSpend (row: SpendRow): Promise<void> {
@@ -348,11 +414,22 @@ export class PgTaskStore implements TaskStore {
   }
 
   async addEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): Promise<void> {
-    if (events.length) await appendEvents(this.pool, taskId, events)
+    if (events.length) await this.fencedEvents(taskId, events)
   }
 
   async addEvent (taskId: string, type: string, data: Record<string, unknown> = {}): Promise<TaskEvent> {
-    return (await appendEvents(this.pool, taskId, [{ type, data }]))[0]
+    return (await this.fencedEvents(taskId, [{ type, data }]))[0]
+  }
+
+  /** Events of a task; of a task this replica holds a lease of, only while it still has that lease. */
+  private async fencedEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): Promise<TaskEvent[]> {
+    const lease = this.leases.get(taskId)
+    try {
+      return await appendEvents(this.pool, taskId, events, lease)
+    } catch (err) {
+      if (lease !== undefined) await this.refused(this.pool, taskId, undefined, undefined, lease)
+      throw err
+    }
   }
 
   async events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc', offset = 0): Promise<TaskEvent[]> {
@@ -402,7 +479,7 @@ export class PgTaskStore implements TaskStore {
 /** Another replica inserted the same idempotency key first (claimIdempotent reads it again). */
 class LostClaim extends Error {}
 
-async function transaction<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+export async function transaction<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
   const c = await pool.connect()
   try {
     await c.query('BEGIN')
@@ -451,12 +528,12 @@ async function writeContent (c: Queryable, id: string, content: Row): Promise<vo
  * Events with the next numbers of their task, in one statement: the task row's event_seq is moved
  * on by the count (its row lock orders concurrent writers, each gets its own numbers).
  */
-async function appendEvents (c: Queryable, taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): Promise<TaskEvent[]> {
+export async function appendEvents (c: Queryable, taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>, lease?: number): Promise<TaskEvent[]> {
   const at = Date.now()
-  const { rows } = await c.query<TaskEvent>(`WITH s AS (UPDATE tasks SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq - $2 AS base)
+  const { rows } = await c.query<TaskEvent>(`WITH s AS (UPDATE tasks SET event_seq = event_seq + $2 WHERE id = $1${lease === undefined ? '' : ' AND lease = $5'} RETURNING event_seq - $2 AS base)
     INSERT INTO task_events (task_id, seq, at, type, data)
     SELECT $1, s.base + e.n, $3, e.v->>'type', e.v->'data' FROM s, json_array_elements($4::json) WITH ORDINALITY AS e(v, n)
-    RETURNING seq, at, type, data`, [taskId, events.length, at, JSON.stringify(events.map((e) => ({ type: e.type, data: e.data })))])
+    RETURNING seq, at, type, data`, [taskId, events.length, at, JSON.stringify(events.map((e) => ({ type: e.type, data: e.data }))), ...(lease === undefined ? [] : [lease])])
   if (rows.length !== events.length) throw new Error(`task ${taskId} does not exist; its events were not written`)
   return rows.sort((a, b) => a.seq - b.seq)
 }

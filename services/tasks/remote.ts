@@ -14,8 +14,3 @@ export interface RemoteNodes {
   /** The task's log as replica `nodeId` streams it (with `follow`, until the task has ended); refusals are thrown before the first chunk. */
   streamLogs: (nodeId: string, principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }) => Promise<AsyncGenerator<Buffer>>
 }
-
-/** Cluster mode (DATABASE_URL): tasks record their replica; `remote` is set when CLUSTER_TOKEN is. */
-export interface ClusterSeam {
-  remote?: RemoteNodes
-}

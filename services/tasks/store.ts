@@ -189,6 +189,23 @@ export interface SpendRow { task_id: string, step: number, principal: string, ag
 /** What a principal (or one of its agents) spent in a window: the total and each step's cost and time, oldest first. */
 export interface Spending { cost: number, tokens: number, steps: Array<{ at: number, cost: number }> }
 
+/** A conditional write of a task found the task no longer as it expected (its status, or its claim): nothing was written. */
+export class WriteRefusedError extends Error {
+  override name = 'WriteRefusedError'
+}
+
+/**
+ * Cluster mode: this replica's claim of the task (its lease) is no longer the task's: another
+ * replica declared this one lost and took the task over. The write was refused (fencing); the run
+ * stops its container and lets the task go.
+ */
+export class LeaseLostError extends WriteRefusedError {
+  override name = 'LeaseLostError'
+  constructor (readonly taskId: string, lease: number) {
+    super(`task ${taskId}: this replica's claim (lease ${lease}) was taken over after it was declared lost; its write was refused`)
+  }
+}
+
 /** The fields of a task a write may set; its status only through `setStatus` (lifecycle.ts). */
 export type TaskFields = Partial<Omit<TaskRecord, 'id' | 'status'>>
 

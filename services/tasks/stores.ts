@@ -19,7 +19,7 @@ export interface Stores {
 export async function openStores (config: Pick<Config, 'DATA_DIR' | 'DATABASE_URL' | 'DATABASE_POOL_SIZE'>): Promise<Stores> {
   if (config.DATABASE_URL) {
     const tasks = await PgTaskStore.open({ url: config.DATABASE_URL, poolSize: config.DATABASE_POOL_SIZE, dataDir: config.DATA_DIR })
-    return { tasks, outbox: new PgLettaOutboxStore(tasks.pool), location: redactUrl(config.DATABASE_URL) }
+    return { tasks, outbox: new PgLettaOutboxStore(tasks.pool, tasks.owner), location: redactUrl(config.DATABASE_URL) }
   }
   const tasks = new SqliteTaskStore(config.DATA_DIR)
   return { tasks, outbox: new SqliteLettaOutboxStore(tasks.db), location: `sqlite:${config.DATA_DIR}/tasks.db` }

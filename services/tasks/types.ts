@@ -13,7 +13,7 @@ export const MAX_LOG_OFFSET = 2 ** 40
 export const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'timeout', 'cancelled'])
 
 /** Why a task ended the way it did. */
-export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled' | 'budget'
+export type EndReason = 'exit' | 'timeout' | 'cancelled' | 'oom' | 'engine_error' | 'interrupted' | 'stalled' | 'budget' | 'node_lost'
 
 /** A task's own limits (null: none), the caller's or the server's ceiling (RUNNER_MAX_*). */
 export interface Limits { max_cost: number | null, max_tokens: number | null, max_steps: number | null }
@@ -68,7 +68,7 @@ export interface TaskRecord {
   remaining_ms?: number | null
   /** When the current running stretch began; null while paused (paused time does not count). */
   resumed_at?: number | null
-  /** Cluster mode: the replica (store.owner) that runs or ran the task, which holds its workspace, log and container; null with SQLite. */
+  /** Cluster mode (PostgreSQL): the replica that runs or ran the task (its workspace, logs, container); null while unclaimed, and always with SQLite. */
   node_id?: string | null
   /** The Letta workspace block and notification, when the task has an agent and Letta is configured (read only). */
   letta?: { block_id: string | null, attached: boolean, notified: boolean, error: string | null } | null
