@@ -127,6 +127,8 @@ export default fp(async (fastify) => {
       engine.reconcile().catch((err: Error) => fastify.log.warn({ err }, 'reconcile failed'))
     }, fastify.config.RECONCILE_INTERVAL_MS).unref()
   })
+  // the node row's URL is the listening port's (MCP_PORT=0 picks one at listen): written at once, not at the next heartbeat
+  fastify.addHook('onListen', async () => { await node?.beat() })
   // runs before the sessions close and before the server stops listening: status calls still work
   fastify.addHook('preClose', async () => engine.drain(fastify.config.SHUTDOWN_GRACE_MS))
   fastify.addHook('onClose', async () => {

@@ -2,7 +2,7 @@
  * Cluster mode, forwarding (issue #15): two replicas (two listening apps, their own DATA_DIR) on one
  * PostgreSQL database. A task runs on the replica it was submitted to; its files, log, controls and
  * follow-up messages work through the other one, and a legacy MCP session opened on one replica is
- * used through the other. The nodes are registered here (core's registry does it at start-up).
+ * used through the other.
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
@@ -24,18 +24,21 @@ const alice = bearer(ALICE)
 
 interface Replica { app: FastifyInstance, url: string }
 
-/** Two replicas on a fresh database, both registered as live nodes. */
+/**
+ * Two replicas on a fresh database (each registers itself as a live node). Replica 2 claims nothing:
+ * every task runs on replica 1, the one these tests reach through replica 2 (claims: cluster.test.ts).
+ */
 async function cluster (t: Test, env: Record<string, string> = {}): Promise<{ r1: Replica, r2: Replica, pool: pg.Pool, env: Record<string, string> }> {
   const all = { ...AGENT_ENV, ...TOKENS, DATABASE_URL: await freshDatabase(t), CLUSTER_TOKEN, ...env }
   const r1 = await listen(t, { env: all })
   const r2 = await listen(t, { env: all })
+  const node = r2.app.clusterNode
+  if (!node) throw new Error('replica 2 is not in cluster mode')
+  node.claim = async () => undefined
   const pool = (r1.app.taskStore as PgTaskStore).pool
-  for (const r of [r1, r2]) await register(pool, r)
+  await waitFor(t, 'both replicas registered at their URLs', async () =>
+    (await pool.query('SELECT 1 FROM nodes WHERE NOT lost AND url = ANY($1::text[])', [[r1.url, r2.url]])).rowCount === 2)
   return { r1, r2, pool, env: all }
-}
-
-async function register (pool: pg.Pool, r: Replica): Promise<void> {
-  await pool.query('INSERT INTO nodes (node_id, url, capacity, started_at, heartbeat_at) VALUES ($1, $2, 2, $3, $3)', [r.app.tasks.owner, r.url, Date.now()])
 }
 
 async function status (r: Replica, id: string): Promise<string> {

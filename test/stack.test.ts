@@ -96,6 +96,7 @@ t.test('swarm stack on engine B: healthy, a task end to end on engine B, stack r
     POSTGRES_REPLICAS: '0',
     MCP_AUTH_TOKENS_SECRET: secret('tokens', `ci:${TOKEN}`),
     DATABASE_URL_SECRET: secret('database-url', databaseUrl),
+    CLUSTER_TOKEN_SECRET: secret('cluster-token', 'stack-cluster-token-0123456789abcdef'),
     POSTGRES_PASSWORD_SECRET: secret('postgres-password', 'unused-external-database')
   }
   const started = Date.now()
@@ -119,7 +120,7 @@ t.test('swarm stack on engine B: healthy, a task end to end on engine B, stack r
   }
   const [replica] = lines(await dockerB(['ps', '-q', '--filter', `label=com.docker.swarm.service.name=${service}`]))
   t.equal(await dockerB(['inspect', replica, '--format', '{{.Config.User}}']), `letta:${vars.DOCKER_GID}`, 'the non-root user, with the socket\'s group')
-  t.equal(lines(await dockerB(['exec', replica, 'ls', '/run/secrets'])).sort().join(','), 'database_url,mcp_auth_tokens', 'the two secrets, as files')
+  t.equal(lines(await dockerB(['exec', replica, 'ls', '/run/secrets'])).sort().join(','), 'cluster_token,database_url,mcp_auth_tokens', 'the three secrets, as files')
   t.notMatch(await dockerB(['service', 'inspect', service]), TOKEN, 'no token in the service spec')
 
   const url = `http://127.0.0.1:${port}`

@@ -204,7 +204,8 @@ export class LettaSync {
     }
     const attempts = row.attempts + 1
     // exponential backoff with jitter; an unknown agent is retried rarely
-    const delay = failures.some((f) => f.unknownAgent) ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25)
+    // (whole milliseconds: the column is an integer, and PostgreSQL's BIGINT refuses a fraction)
+    const delay = Math.round(failures.some((f) => f.unknownAgent) ? MAX_BACKOFF_MS * 5 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(attempts, 10)) * (0.75 + Math.random() * 0.25))
     await this.outbox.update(task.id, { error: failures.map((f) => f.message).join('; '), attempts, next_attempt_at: Date.now() + delay })
     for (const f of failures) {
       this.onFailure(f.step)

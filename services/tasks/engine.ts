@@ -8,6 +8,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Config } from '../config.js'
@@ -81,6 +82,8 @@ export interface TaskEngineEvents {
 const endingOf = (run: Run): EndReason | undefined => run.ending
 
 const SEED_LIMIT = 1024 * 1024
+/** How often a log follower re-reads a queued task until a replica claims it (cluster mode). */
+const CLAIM_POLL_MS = 250
 
 /** The default commit message of a task's changes: its first line, and where it came from. */
 function commitMessage (task: TaskRecord): string {
@@ -807,11 +810,22 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
    * task has ended and all of it was read.
    */
   async streamLogs (principal: string, id: string, opts: { follow: boolean, offset?: number, signal: AbortSignal }): Promise<{ task: TaskRecord, chunks: AsyncGenerator<Buffer> }> {
-    const task = await this.get(principal, id)
+    let task = await this.get(principal, id)
+    // cluster mode: a task no replica has claimed yet has no log anywhere; a follower waits for its replica
+    if (this.cluster && opts.follow && task.status === 'queued' && !task.node_id) task = await this.claimedOrEnded(id, opts.signal)
     const node = this.nodeOf(task)
     if (node) return { task, chunks: await this.remoteNodes(task, node).streamLogs(node, principal, id, opts) }
     const ended = opts.follow ? async () => TERMINAL.has(await this.store.status(id) as TaskStatus) : async () => true
     return { task, chunks: followLog(this.logPath(id), ended, opts.signal, opts.offset) }
+  }
+
+  /** The task once a replica has claimed it (or it ended unclaimed, or the caller went away). */
+  private async claimedOrEnded (id: string, signal: AbortSignal): Promise<TaskRecord> {
+    for (;;) {
+      const task = await this.store.get(id) as TaskRecord
+      if (task.node_id || task.status !== 'queued' || signal.aborted) return task
+      await sleep(CLAIM_POLL_MS, undefined, { signal }).catch(() => {})
+    }
   }
 
   /** Files of the task's workspace, during the run (its container) and after (a helper container). */
