@@ -7,19 +7,23 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t, { type Test } from 'tap'
 import { ClusterNode } from '../services/cluster/nodes.js'
+import { DockerEngine } from '../services/docker/engine.js'
 import { LABEL } from '../services/runner/container-spec.js'
 import { PgTaskStore } from '../services/tasks/pg-store.js'
 import { LeaseLostError } from '../services/tasks/store.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { FakeLetta } from './fixtures/letta-server.js'
 import { listen, tempDir } from './helpers/app.js'
-import { engine, removeOwned, waitFor } from './helpers/docker.js'
+import { engine, removeOwned, removeOwnedOn, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { freshDatabase } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
 import { untilEnded } from './helpers/tasks.js'
 
 const AGENT_IMAGE = 'letta-opencode-test-agent:latest'
+/** Engine B, the second Docker engine of .ci/run (scripts/docker-engine-b.sh): another node's engine. */
+const ENGINE_B_SOCKET = process.env.ENGINE_B_SOCK ?? '/run/docker-b.sock'
+const engineB = new DockerEngine({ socketPath: ENGINE_B_SOCKET })
 const BASE_ENV = { RUNNER_IMAGE: AGENT_IMAGE, RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '64m', RUNNER_STOP_GRACE_S: '1', RUNNER_CPU_LIMIT: '0.5' }
 const quiet = { info: () => {}, warn: () => {} }
 
@@ -135,12 +139,14 @@ t.test('fencing: a stale owner cannot write a task another replica took over', a
   t.same(rows.map((r) => r.lost), [false, false])
 })
 
-t.test('three replicas share 60 tasks: each runs once, within both limits, answers readable everywhere', async (t) => {
+t.test('three replicas on two engines share 60 tasks: each runs once, within both limits, answers readable everywhere', async (t) => {
   const url = await freshDatabase(t)
   const env = { ...BASE_ENV, DATABASE_URL: url, MAX_CONCURRENT_TASKS: '2', CLUSTER_MAX_CONCURRENT_TASKS: '5', MAX_QUEUED_TASKS: '100', SYNC_WAIT_MS: '600000' }
+  // replicas 1 and 2 on engine A, replica 3 on engine B (scripts/docker-engine-b.sh): two nodes' engines
   const apps: Array<Awaited<ReturnType<typeof listen>>> = []
-  for (let i = 0; i < 3; i++) apps.push(await listen(t, { env }))
+  for (let i = 0; i < 3; i++) apps.push(await listen(t, { env, ...(i === 2 ? { docker: { socketPath: ENGINE_B_SOCKET } } : {}) }))
   const owners = apps.map(({ app }) => app.tasks.owner)
+  t.teardown(() => removeOwnedOn(engineB, owners[2]))
   const clients: Client[] = []
   for (const { url } of apps) clients.push((await connect(t, url, { 'x-agent-id': 'cluster-tests' })).client)
   const call = async (client: Client, name: string, args: Record<string, unknown>) => {
@@ -155,7 +161,7 @@ t.test('three replicas share 60 tasks: each runs once, within both limits, answe
   const peak = { node: 0, cluster: 0 }
   const sampler = (async () => {
     while (sampling.on) {
-      const running = (await engine.listContainers({ [LABEL.role]: 'run' }).catch(() => []))
+      const running = (await Promise.all([engine, engineB].map((e) => e.listContainers({ [LABEL.role]: 'run' }).catch(() => [])))).flat()
         .filter((c) => owners.includes(c.Labels[LABEL.owner] ?? ''))
       const per = owners.map((o) => running.filter((c) => c.Labels[LABEL.owner] === o).length)
       peak.node = Math.max(peak.node, ...per)
@@ -179,7 +185,7 @@ t.test('three replicas share 60 tasks: each runs once, within both limits, answe
   const records = await Promise.all(ids.map(async (id) => await store.get(id) as TaskRecord))
   const perNode = owners.map((o) => records.filter((r) => r.node_id === o).length)
   t.equal(perNode.reduce((a, b) => a + b, 0), 60, `every task ran on one of the replicas (${perNode.join(' / ')})`)
-  t.ok(perNode.filter((n) => n > 0).length >= 2, 'more than one replica ran tasks')
+  t.ok(perNode[2] > 0 && perNode[0] + perNode[1] > 0, 'both engines ran tasks')
   for (const id of ids) {
     const types = (await store.events(id, 0, 100)).map((e) => e.type)
     if (types.filter((x) => x === 'started').length !== 1) t.fail(`${id} started ${types.filter((x) => x === 'started').length} times: ${types.join(',')}`)

@@ -2,7 +2,7 @@
  * The task service on PostgreSQL: engine-level test files run again with TEST_STORE=postgres, each
  * app on a database of its own (test/helpers/postgres.ts `storeEnv`). Submit, idempotency, the queue
  * and its limits, controls, races, restart recovery and the Letta outbox: the same assertions hold
- * on either store. The store contract itself is test/store.test.ts; several replicas, cluster.test.ts.
+ * on either store (PostgreSQL is cluster mode: a cluster of one replica here). The store contract itself is test/store.test.ts; several replicas, cluster.test.ts.
  */
 import t from 'tap'
 

@@ -127,6 +127,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** The claim loop that runs now, and whether another pass was asked for meanwhile. */
   private dispatching?: Promise<void>
   private dispatchAgain = false
+  /** The admission step of the submission before (cluster mode; see admission()). */
+  private admitting: Promise<void> = Promise.resolve()
   /** How often a waiter re-reads a task another replica runs (the end notification's safety net). */
   private static readonly WAIT_POLL_MS = 2_000
   /** Cluster mode with CLUSTER_TOKEN: the other replicas, where node-local calls on their tasks go. */
@@ -231,8 +233,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const egressAllow = args.egress_allow ? this.checkEgressAllow(args.egress_allow) : null
     // read before: create() runs inside the store's idempotency claim, synchronously
     const daily = await dailyOver(this.config, this.store, caller.principal, agentId)
-    // cluster mode: the cluster's queue (read just before; submissions racing on several replicas may overfill it by a few)
-    const waiting = this.cluster ? await this.cluster.waiting() : 0
+    // cluster mode: the cluster's queue, read in this replica's admission step with the insert that
+    // follows (this replica's submissions never overfill it; several replicas racing may, by a few)
+    let waiting = 0
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
     // stored; a retry with a known key gets its task all the same. Its slot is taken with the check
     // of the queue's room, in one synchronous step: submissions in flight cannot overfill the queue
@@ -283,7 +286,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
 
     let task: TaskRecord
+    const release = this.cluster ? await this.admission() : undefined
     try {
+      if (this.cluster) waiting = await this.cluster.waiting()
       if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
         const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
         const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits]), ...(egressAllow ? [egressAllow] : [])])).digest('hex')
@@ -305,6 +310,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       // a task made but not stored (or not announced), or a key's existing task: the slot taken goes back
       if (made) this.giveBack(made.task.id, made.slot)
       throw err
+    } finally {
+      release?.()
     }
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
@@ -312,6 +319,18 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     else this.schedule(task, undefined, made?.slot)
     this.submitting.delete(task.id)
     return { task, existing: false }
+  }
+
+  /**
+   * Cluster mode: this replica's submissions check the cluster's queue and store their task one at a
+   * time (a check and its insert together). Resolves with the release of the step.
+   */
+  private async admission (): Promise<() => void> {
+    const before = this.admitting
+    let release = (): void => {}
+    this.admitting = new Promise<void>((resolve) => { release = resolve })
+    await before
+    return release
   }
 
   /** A slot taken for a task that will not be scheduled: withdrawn if it waits, released if it was given. */
@@ -461,7 +480,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   /** A task's status changed on another replica (its notification): its waiters here re-read it. */
   async taskChanged (id: string): Promise<void> {
     const waiters = this.endWaiters.get(id)
-    if (!waiters?.size) return
+    // a task this replica runs wakes its waiters itself, once its end is recorded and its container removed
+    if (!waiters?.size || this.live.has(id)) return
     const task = await this.store.get(id)
     if (!task || !TERMINAL.has(task.status)) return
     for (const resolve of waiters) resolve(task)
@@ -909,8 +929,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const type = opts.type ?? 'update'
     const metadataSize = opts.metadata ? Buffer.byteLength(JSON.stringify(opts.metadata)) : 0
     if (metadataSize > METADATA_LIMIT) throw new TaskError('invalid', `metadata is ${metadataSize} bytes as JSON, over the limit of ${METADATA_LIMIT}; send less metadata (put long text in the message)`)
-    // the replica that runs the task holds its turns and workspace: the message is its to take
-    const remote = this.cluster && this.elsewhere(await this.get(principal, id), 'message', principal, [id, text, opts])
+    // the replica that runs the task holds its turns and workspace: the message is its to take (a task
+    // running here is known without a read, so messages enter its step in the order they came)
+    const remote = this.cluster && !this.live.has(id) && this.elsewhere(await this.get(principal, id), 'message', principal, [id, text, opts])
     if (remote) return await remote as Awaited<ReturnType<TaskEngine['message']>>
     const prompt = type === 'update' ? message : `[${type}] ${message}`
     const note = { message, message_type: type, ...(opts.metadata ? { metadata: opts.metadata } : {}), message_id: `msg_${randomUUID()}` }
@@ -930,20 +951,24 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       const daily = await dailyOver(this.config, this.store, principal, task.agent_id)
       if (daily) throw dailyRefusal(daily)
       if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
-      const waiting = this.cluster ? await this.cluster.waiting() : 0
-      if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
-      // the slot is taken with the check of the queue's room (see submit); cluster mode: the task's
-      // node (its workspace) claims the follow-up turn
-      const slot = this.cluster ? undefined : this.semaphore.acquire(id)
+      // the slot is taken with the check of the queue's room (see submit); cluster mode: the check and
+      // the write in this replica's admission step, and the task's node (its workspace) claims the turn
+      const release = this.cluster ? await this.admission() : undefined
+      let slot: Promise<() => void> | undefined
       let event: TaskEvent
       let queued: TaskRecord
       try {
+        const waiting = this.cluster ? await this.cluster.waiting() : 0
+        if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
+        slot = this.cluster ? undefined : this.semaphore.acquire(id)
         await transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
         event = await this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
         queued = await this.store.get(id) as TaskRecord
       } catch (err) {
         this.giveBack(id, slot)
         throw err
+      } finally {
+        release?.()
       }
       if (this.cluster) this.kick()
       else this.schedule(queued, undefined, slot)

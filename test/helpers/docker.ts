@@ -34,6 +34,11 @@ export async function waitFor (t: Test, what: string, check: () => boolean | Pro
 
 /** Removes the containers and volumes a test service (its data directory, `owner`) left behind. */
 export async function removeOwned (owner: string): Promise<void> {
-  for (const c of await engine.listContainers({ [LABEL.owner]: owner })) await engine.removeContainer(c.Id, { force: true }).catch(() => {})
-  for (const v of await engine.listVolumes({ [LABEL.owner]: owner })) await engine.removeVolume(v.Name, true).catch(() => {})
+  await removeOwnedOn(engine, owner)
+}
+
+/** The same on another engine (engine B of the cluster tests). */
+export async function removeOwnedOn (on: DockerEngine, owner: string): Promise<void> {
+  for (const c of await on.listContainers({ [LABEL.owner]: owner })) await on.removeContainer(c.Id, { force: true }).catch(() => {})
+  for (const v of await on.listVolumes({ [LABEL.owner]: owner })) await on.removeVolume(v.Name, true).catch(() => {})
 }
