@@ -19,6 +19,7 @@ import { connect } from './helpers/mcp.js'
 import { freshDatabase } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
 import { untilEnded } from './helpers/tasks.js'
+import { taskRecord } from './helpers/records.js'
 
 const AGENT_IMAGE = 'letta-opencode-test-agent:latest'
 /** Engine B, the second Docker engine of .ci/run (scripts/docker-engine-b.sh): another node's engine. */
@@ -28,37 +29,7 @@ const BASE_ENV = { RUNNER_IMAGE: AGENT_IMAGE, RUNNER_NETWORK: 'none', RUNNER_MEM
 const quiet = { info: () => {}, warn: () => {} }
 
 function record (id: string, createdAt: number, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    id,
-    principal: 'p',
-    agent_id: null,
-    description: 'd',
-    status: 'queued',
-    timeout_ms: 60_000,
-    created_at: createdAt,
-    started_at: null,
-    finished_at: null,
-    exit_code: null,
-    reason: null,
-    error: null,
-    output: null,
-    output_truncated: false,
-    output_bytes: 0,
-    container_id: null,
-    idempotency_key: null,
-    model: null,
-    result: null,
-    turns: 0,
-    pending: [],
-    observers: [],
-    repository: null,
-    seed: null,
-    diff: null,
-    diff_truncated: false,
-    workspace_removed_at: null,
-    node_id: null,
-    ...fields
-  }
+  return taskRecord(id, { created_at: createdAt, ...fields })
 }
 
 /** `n` store-level replicas (no engine) on one database: a PgTaskStore and a ClusterNode each. */

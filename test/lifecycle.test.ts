@@ -9,6 +9,7 @@ import type { TurnOutcome } from '../services/tasks/run.js'
 import { SqliteTaskStore } from '../services/tasks/store.js'
 import { TASK_STATUSES, type TaskRecord, type TaskStatus } from '../services/tasks/types.js'
 import { tempDir } from './helpers/app.js'
+import { taskRecord } from './helpers/records.js'
 
 /** Every legal move, spelled out: a change to the table must change this list. */
 const LEGAL = [
@@ -19,35 +20,7 @@ const LEGAL = [
 ]
 
 function task (id: string, status: TaskStatus): TaskRecord {
-  return {
-    id,
-    principal: 'p',
-    agent_id: null,
-    description: 'd',
-    status,
-    timeout_ms: 1000,
-    created_at: Date.now(),
-    started_at: null,
-    finished_at: null,
-    exit_code: null,
-    reason: null,
-    error: null,
-    output: null,
-    output_truncated: false,
-    output_bytes: 0,
-    container_id: null,
-    idempotency_key: null,
-    model: null,
-    result: null,
-    turns: 0,
-    pending: [],
-    observers: [],
-    repository: null,
-    seed: null,
-    diff: null,
-    diff_truncated: false,
-    workspace_removed_at: null
-  }
+  return taskRecord(id, { status, timeout_ms: 1000 })
 }
 
 t.test('the table: exactly the legal moves are allowed', async (t) => {

@@ -17,40 +17,29 @@ import { listen, tempDir } from './helpers/app.js'
 import { BASE_IMAGE, cleanupContainers, engine, TEST_LABEL } from './helpers/docker.js'
 import { EngineProxy } from './helpers/engine-proxy.js'
 import { connect } from './helpers/mcp.js'
+import { taskRecord } from './helpers/records.js'
 
 const DAY = 86_400_000
 const BASE_ENV = { RUNNER_IMAGE: 'letta-opencode-test-agent:latest', RUNNER_NETWORK: 'none', RUNNER_MEMORY_LIMIT: '64m', RUNNER_STOP_GRACE_S: '1', RUNNER_CPU_LIMIT: '0.5', SHED_EVENT_LOOP_DELAY_MS: '0' }
 
 function record (id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    id,
-    principal: 'p',
+  const now = Date.now()
+  return taskRecord(id, {
     agent_id: 'agent',
-    description: `task ${id}`,
     status: 'completed',
     timeout_ms: 1000,
-    created_at: Date.now(),
-    started_at: Date.now(),
-    finished_at: Date.now(),
+    started_at: now,
+    finished_at: now,
     exit_code: 0,
     reason: 'exit',
-    error: null,
     output: 'x'.repeat(10_000),
-    output_truncated: false,
     output_bytes: 10_000,
-    container_id: null,
-    idempotency_key: null,
-    model: null,
-    result: null,
     turns: 1,
-    pending: [],
     repository: { url: 'https://example.invalid/r.git', branch: null },
     seed: [{ path: 'a.txt', content: 'y'.repeat(10_000) }],
     diff: 'diff --git a/a.txt b/a.txt',
-    diff_truncated: false,
-    workspace_removed_at: null,
     ...fields
-  } as TaskRecord
+  })
 }
 const count = (store: SqliteTaskStore, table: string, id: string) =>
   (store.db.prepare(`SELECT COUNT(*) AS n FROM ${table} WHERE task_id = ?`).get(id) as { n: number }).n

@@ -14,6 +14,7 @@ import { openStores } from '../services/tasks/stores.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { tempDir } from './helpers/app.js'
 import { freshDatabase } from './helpers/postgres.js'
+import { taskRecord } from './helpers/records.js'
 
 type Store = TaskStore
 /** Every migration's number, once each. */
@@ -25,36 +26,7 @@ const DAY = 86_400_000
 const T0 = 1_750_000_000_000
 
 function record (id: string, fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    id,
-    principal: 'p',
-    agent_id: 'agent',
-    description: `task ${id}`,
-    status: 'queued',
-    timeout_ms: 60_000,
-    created_at: T0,
-    started_at: null,
-    finished_at: null,
-    exit_code: null,
-    reason: null,
-    error: null,
-    output: null,
-    output_truncated: false,
-    output_bytes: 0,
-    container_id: null,
-    idempotency_key: null,
-    model: null,
-    result: null,
-    turns: 0,
-    pending: [],
-    observers: [],
-    repository: null,
-    seed: null,
-    diff: null,
-    diff_truncated: false,
-    workspace_removed_at: null,
-    ...fields
-  }
+  return taskRecord(id, { agent_id: 'agent', created_at: T0, ...fields })
 }
 
 /** A store of this kind on a place of its own: a data directory, or a database (and a data directory for the replica id). */
