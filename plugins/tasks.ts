@@ -11,7 +11,7 @@ import { RunnerImageProbe } from '../services/runner/image.js'
 import { TaskEngine } from '../services/tasks/engine.js'
 import type { LettaOutboxStore } from '../services/letta/outbox-store.js'
 import type { TaskStore } from '../services/tasks/store.js'
-import { openStores } from '../services/tasks/stores.js'
+import { openStores } from '../services/stores.js'
 import { PgTaskStore } from '../services/tasks/pg-store.js'
 import { ClusterNode } from '../services/cluster/nodes.js'
 

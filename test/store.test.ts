@@ -10,7 +10,7 @@ import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../services/letta
 import { PgLettaOutboxStore } from '../services/letta/pg-outbox-store.js'
 import { PgTaskStore, SCHEMA_VERSION } from '../services/tasks/pg-store.js'
 import { SqliteTaskStore, type TaskStore } from '../services/tasks/store.js'
-import { openStores } from '../services/tasks/stores.js'
+import { openStores } from '../services/stores.js'
 import type { TaskRecord } from '../services/tasks/types.js'
 import { tempDir } from './helpers/app.js'
 import { freshDatabase } from './helpers/postgres.js'

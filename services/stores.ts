@@ -2,12 +2,12 @@
  * The task store and the Letta outbox store for the configured backend: SQLite in DATA_DIR
  * (DATABASE_URL empty, the default) or PostgreSQL (DATABASE_URL, cluster mode).
  */
-import type { Config } from '../config.js'
-import { redactUrl } from '../config.js'
-import { PgLettaOutboxStore } from '../letta/pg-outbox-store.js'
-import { SqliteLettaOutboxStore, type LettaOutboxStore } from '../letta/outbox-store.js'
-import { PgTaskStore } from './pg-store.js'
-import { SqliteTaskStore, type TaskStore } from './store.js'
+import type { Config } from './config.js'
+import { redactUrl } from './config.js'
+import { PgLettaOutboxStore } from './letta/pg-outbox-store.js'
+import { SqliteLettaOutboxStore, type LettaOutboxStore } from './letta/outbox-store.js'
+import { PgTaskStore } from './tasks/pg-store.js'
+import { SqliteTaskStore, type TaskStore } from './tasks/store.js'
 
 export interface Stores {
   tasks: TaskStore
