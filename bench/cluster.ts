@@ -5,6 +5,8 @@
  *   stored queued, claimed from the database) against single-host (SQLite, the in-memory semaphore);
  *   median of N, rounds alternating; target ≤ 1.10x.
  * - claim: the claim transaction's latency with 200 tasks queued (p50, p99), store level.
+ * - throughput: 40 short tasks through two replicas on one database, both on engine A against one on
+ *   engine A and one on engine B (scripts/docker-engine-b.sh): tasks per second, ratio.
  * Needs PostgreSQL (scripts/postgres.sh; TEST_DATABASE_URL) and the stand-in agent image.
  * Run: node --import tsx bench/cluster.ts
  */
@@ -36,10 +38,13 @@ async function database (): Promise<{ url: string, drop: () => Promise<void> }> 
   return { url: url.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
 }
 
-async function service (env: Record<string, string>): Promise<{ fastify: FastifyInstance, close: () => Promise<void> }> {
+const ENGINE_B_SOCKET = process.env.ENGINE_B_SOCK ?? '/run/docker-b.sock'
+const THROUGHPUT_TASKS = 40
+
+async function service (env: Record<string, string>, socketPath?: string): Promise<{ fastify: FastifyInstance, close: () => Promise<void> }> {
   const dataDir = mkdtempSync(join(tmpdir(), 'lop-bench-'))
   const fastify = Fastify({ logger: false, pluginTimeout: 60_000 })
-  await fastify.register(app, { env: { ...ENV, ...env, DATA_DIR: dataDir }, envFile: false })
+  await fastify.register(app, { env: { ...ENV, ...env, DATA_DIR: dataDir }, envFile: false, ...(socketPath ? { docker: { socketPath } } : {}) })
   await fastify.ready()
   return { fastify, close: async () => { await fastify.close(); rmSync(dataDir, { recursive: true, force: true }) } }
 }
@@ -51,6 +56,24 @@ async function dispatchMs (fastify: FastifyInstance): Promise<{ start: number, e
   const done = await fastify.tasks.waitForEnd(task.id, 600_000)
   if (done.status !== 'completed' || !done.started_at) throw new Error(`bench task ${done.status}: ${done.error}`)
   return { start: done.started_at - t0, end: Date.now() - t0 }
+}
+
+/** Tasks per second of THROUGHPUT_TASKS short tasks submitted to two replicas (the second on `secondEngine`). */
+async function throughput (secondEngine?: string): Promise<number> {
+  const db = await database()
+  const replicas = [await service({ DATABASE_URL: db.url }), await service({ DATABASE_URL: db.url }, secondEngine)]
+  try {
+    const t0 = Date.now()
+    const ids: string[] = []
+    for (let i = 0; i < THROUGHPUT_TASKS; i++) ids.push((await replicas[i % 2].fastify.tasks.submit({ principal: 'bench' }, { task_description: 'sleep 0.5 say hi' })).task.id)
+    const ended = await Promise.all(ids.map((id) => replicas[0].fastify.tasks.waitForEnd(id, 600_000)))
+    const failed = ended.filter((t) => t.status !== 'completed')
+    if (failed.length) throw new Error(`throughput: ${failed.length} tasks did not complete (${failed[0].status}: ${failed[0].error})`)
+    return THROUGHPUT_TASKS / ((Date.now() - t0) / 1000)
+  } finally {
+    for (const r of replicas) await r.close()
+    await db.drop()
+  }
 }
 
 export async function runClusterBench () {
@@ -97,8 +120,11 @@ export async function runClusterBench () {
     await store.close()
     rmSync(dataDir, { recursive: true, force: true })
 
+    const oneEngine = await throughput()
+    const twoEngines = await throughput(ENGINE_B_SOCKET)
     const ratio = median(pgEnd) / median(sqliteEnd)
     return [
+      { benchmark: `throughput: ${THROUGHPUT_TASKS} tasks, two replicas (MAX_CONCURRENT_TASKS=3 each) on two engines / on one (${twoEngines.toFixed(2)} vs ${oneEngine.toFixed(2)} tasks/s)`, value: `${(twoEngines / oneEngine).toFixed(2)}x`, target: 'report', met: true },
       { benchmark: `dispatch: submit → task end, cluster mode (one replica, PostgreSQL) / single-host (SQLite) (median of ${ROUNDS}: ${median(pgEnd)} ms vs ${median(sqliteEnd)} ms)`, value: `${ratio.toFixed(3)}x`, target: '≤ 1.10x', met: ratio <= 1.10 },
       { benchmark: `dispatch: submit → turn start (before the container is made), cluster / single-host (median of ${ROUNDS})`, value: `${median(pgMs)} ms vs ${median(sqliteMs)} ms`, target: 'report', met: true },
       { benchmark: `claim: one claim transaction with ${QUEUED} tasks queued (p50 ${quantile(claimMs, 0.5).toFixed(2)} ms)`, value: `p99 ${quantile(claimMs, 0.99).toFixed(2)} ms`, target: 'report', met: true }
