@@ -213,7 +213,11 @@ export class LettaSync {
     }
   }
 
-  /** Creates, attaches, updates and (when due) detaches the task's block; the row as it now stands. */
+  /**
+   * Creates, attaches, updates and (when due) detaches the task's block; the row as it now stands,
+   * updated in place step by step (a failed step's caller sees what was done before it: a block made
+   * in this pass whose attach fails is an unknown agent, not a generic error).
+   */
   private async syncBlock (task: TaskRecord, row: LettaSyncRow): Promise<LettaSyncRow> {
     if (!row.block_id) {
       const block = await this.client.blocks.create({
@@ -223,13 +227,13 @@ export class LettaSync {
         description: BLOCK_DESCRIPTION,
         metadata: { source: 'letta-opencode-plugin', task_id: task.id }
       })
-      row = { ...row, block_id: block.id, dirty: 0 }
+      Object.assign(row, { block_id: block.id, dirty: 0 })
       await this.outbox.update(task.id, { block_id: block.id, dirty: 0 })
     }
     if (!row.attached && !row.detached) {
       await this.client.agents.blocks.attach(row.block_id as string, { agent_id: row.agent_id })
       await this.outbox.update(task.id, { attached: 1 })
-      row = { ...row, attached: 1 }
+      Object.assign(row, { attached: 1 })
     }
     if (row.dirty) {
       // cleared before the read: a change during the write marks it again
@@ -239,7 +243,7 @@ export class LettaSync {
     if (row.attached && TERMINAL.has(task.status) && task.finished_at && Date.now() - task.finished_at >= this.config.LETTA_DETACH_DELAY_MS) {
       await this.client.agents.blocks.detach(row.block_id as string, { agent_id: row.agent_id })
       await this.outbox.update(task.id, { attached: 0, detached: 1 })
-      row = { ...row, attached: 0, detached: 1 }
+      Object.assign(row, { attached: 0, detached: 1 })
     }
     return row
   }
