@@ -210,6 +210,8 @@ t.test('node loss: a SIGKILLed replica\'s running tasks end node_lost within the
   // A runs two long tasks (alone, it claims them)
   const running = [await call(viaA, 'opencode_execute_task', { task_description: 'sleep 600' }), await call(viaA, 'opencode_execute_task', { task_description: 'sleep 600' })]
   for (const r of running) await waitFor(t, 'running on A', async () => (await call(viaA, 'get_task_status', { task_id: r.task_id })).status === 'running', 120_000)
+  // a task is marked running before its container is created: wait for the engine to have both
+  for (const r of running) await waitFor(t, 'A\'s container created', async () => (await engine.listContainers({ [LABEL.task]: r.task_id })).length > 0, 120_000)
   const ownerA = (await engine.listContainers({ [LABEL.task]: running[0].task_id }))[0]?.Labels[LABEL.owner]
   t.ok(ownerA, 'A\'s containers carry its owner label')
   t.teardown(() => removeOwned(ownerA))
