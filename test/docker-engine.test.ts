@@ -41,7 +41,8 @@ t.test('create, start, wait, logs (stdout and stderr apart), inspect, remove', a
 t.test('logs are followed live while the container runs', async (t) => {
   const { Id } = await engine.createContainer({
     Image: BASE_IMAGE,
-    Cmd: ['sh', '-c', 'for i in 1 2 3; do echo line-$i; sleep 0.2; done'],
+    // the first line waits a second: the follow request is connected before it (a later line is live)
+    Cmd: ['sh', '-c', 'sleep 1; for i in 1 2 3; do echo line-$i; sleep 0.5; done'],
     Labels: { [TEST_LABEL]: run },
     HostConfig: { NetworkMode: 'none' }
   })
@@ -51,7 +52,7 @@ t.test('logs are followed live while the container runs', async (t) => {
     for (const line of c.data.toString().split('\n').filter(Boolean)) seen.push({ line, at: Date.now() })
   }
   t.same(seen.map((s) => s.line), ['line-1', 'line-2', 'line-3'])
-  t.ok(seen[2].at - seen[0].at >= 300, 'lines arrived as they were printed, not at the end')
+  t.ok(seen[2].at - seen[0].at >= 600, 'lines arrived as they were printed, not at the end')
   await engine.removeContainer(Id, { force: true })
 })
 

@@ -4,7 +4,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t from 'tap'
 import { LABEL } from '../services/runner/container-spec.js'
 import { build, listen, tempDir } from './helpers/app.js'
-import { engine, waitFor } from './helpers/docker.js'
+import { containerRuns, engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { storeEnv } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
@@ -94,18 +94,20 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
   const dataDir = tempDir(t)
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
-  const env = { ...ENV, MCP_PORT: String(port), DATA_DIR: dataDir, MAX_CONCURRENT_TASKS: '2', SHUTDOWN_GRACE_MS: '3000', ...(await storeEnv(t, dataDir)) }
+  const env = { ...ENV, MCP_PORT: String(port), DATA_DIR: dataDir, MAX_CONCURRENT_TASKS: '2', SHUTDOWN_GRACE_MS: '10000', ...(await storeEnv(t, dataDir)) }
   let proc = startServer(dataDir, env)
   t.teardown(() => { proc.child.kill('SIGKILL') })
   t.ok(await healthy(port))
   const { client } = await connect(t, url)
-  const quick = await task(client, { task_description: 'sleep 1.5 echo quick' })
+  const quick = await task(client, { task_description: 'sleep 4 echo quick' })
   const slow = await task(client, { task_description: 'sleep 60' })
   const waiting = await task(client, { task_description: 'echo waited' })
   await waitFor(t, 'two running', async () => {
     const states = await Promise.all([quick, slow].map(async (x) => ((await call(client, 'get_task_status', { task_id: x.task_id })).structuredContent as { status: string }).status))
     return states.every((s) => s === 'running')
   })
+  // a task is marked running before its container is created: the drain starts once both containers run
+  await waitFor(t, 'two containers running', async () => await containerRuns(quick.task_id) && await containerRuns(slow.task_id), 60_000)
 
   const stopAt = Date.now()
   proc.child.kill('SIGTERM')
@@ -116,11 +118,11 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
   const refused = await call(client, 'opencode_execute_task', { task_description: 'say too late' })
   t.equal(refused.isError, true)
   t.match((refused.content[0] as { text: string }).text, /shutting down/)
-  t.match((await call(client, 'get_task_status', { task_id: quick.task_id })).structuredContent, { status: 'running' }, 'status calls still work while draining')
+  t.match((await call(client, 'get_task_status', { task_id: slow.task_id })).structuredContent, { status: 'running' }, 'status calls still work while draining')
 
   t.equal(await proc.exited, 0, 'exit 0')
   const took = Date.now() - stopAt
-  t.ok(took >= 2_500 && took < 3_000 + 60_000, `exited after the grace period (${took} ms)`)
+  t.ok(took >= 9_500 && took < 10_000 + 60_000, `exited after the grace period (${took} ms)`)
   t.same(await engine.listContainers({ [LABEL.task]: slow.task_id }), [], "the interrupted task's container is gone")
 
   proc = startServer(dataDir, env)
@@ -128,7 +130,7 @@ t.test('SIGTERM drains: health says draining, new tasks refused, running tasks g
   const again = (await connect(t, url)).client
   const view = async (id: string) => (await call(again, 'get_task_status', { task_id: id })).structuredContent as Record<string, unknown>
   t.match(await view(quick.task_id), { status: 'completed', output: 'quick\n' }, 'finished within the grace')
-  t.match(await view(slow.task_id), { status: 'failed', reason: 'interrupted', error: /SHUTDOWN_GRACE_MS=3000/ })
+  t.match(await view(slow.task_id), { status: 'failed', reason: 'interrupted', error: /SHUTDOWN_GRACE_MS=10000/ })
   await waitFor(t, 'the queued task ran after the restart', async () => (await view(waiting.task_id)).status === 'completed', 60_000)
   t.equal((await view(waiting.task_id)).output, 'waited\n')
   proc.child.kill('SIGTERM')
@@ -156,5 +158,6 @@ t.test('load shedding: a stalled event loop answers 503 with Retry-After, then r
   t.ok((health.json().load.event_loop_delay_ms as number) > 100)
   t.equal((await app.inject({ url: '/metrics' })).statusCode, 200, 'metrics stay readable under load')
   await waitFor(t, 'recovered once the loop is free', async () => (await app.inject({ url: '/tasks' })).statusCode === 200, 30_000)
+  await waitFor(t, 'healthy again', async () => (await app.inject({ url: '/health' })).json().status === 'healthy', 30_000)
   t.match((await app.inject({ url: '/health' })).json(), { status: 'healthy', load: { shedding: false } })
 })

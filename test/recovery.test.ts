@@ -8,7 +8,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t from 'tap'
 import { LABEL } from '../services/runner/container-spec.js'
 import { tempDir } from './helpers/app.js'
-import { engine, waitFor } from './helpers/docker.js'
+import { containerRuns, engine, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { storeEnv } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
@@ -146,6 +146,8 @@ t.test('after SIGKILL, re-attached containers take their slots first, a paused t
     await call(client, 'opencode_execute_task', { task_description: 'echo q2' }) as Task
   ]
   await waitFor(t, 'two tasks running', async () => (await status(client, timed.task_id)).status === 'running' && (await status(client, paused.task_id)).status === 'running', 60_000)
+  // the kill comes once both containers run (a task is running before its container is started)
+  await waitFor(t, 'both containers started', async () => await containerRuns(timed.task_id) && await containerRuns(paused.task_id), 60_000)
   t.equal((await call(client, 'send_task_control', { task_id: paused.task_id, control: 'pause' })).status, 'paused')
   const [pausedContainer] = await engine.listContainers({ [LABEL.task]: paused.task_id })
   const owner = pausedContainer.Labels[LABEL.owner]

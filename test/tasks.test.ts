@@ -122,7 +122,8 @@ t.test('30 parallel submissions never exceed MAX_CONCURRENT_TASKS', async (t) =>
   })()
   const tasks = await Promise.all(Array.from({ length: 30 }, (_, i) => execute(client, { task_description: `sleep 0.3 say ${i}`, agent_id: 'agent-parallel' })))
   const finals = await Promise.all(tasks.map(async (task) => {
-    await waitFor(t, `task ${task.task_id} ended`, async () => ['completed', 'failed'].includes((await status(client, task.task_id)).status), 60_000)
+    // the last of ten waves of three containers: minutes on a busy machine
+    await waitFor(t, `task ${task.task_id} ended`, async () => ['completed', 'failed'].includes((await status(client, task.task_id)).status), 300_000)
     return status(client, task.task_id)
   }))
   sampling.on = false
@@ -170,7 +171,8 @@ t.test('with ENFORCE_IDEMPOTENCY=false every call creates a task; with ENABLE_AS
 t.test('a sync call returns the task id while it still runs after SYNC_WAIT_MS', async (t) => {
   const { client } = await setup(t, { SYNC_WAIT_MS: '500' })
   const res = (await call(client, 'opencode_execute_task', { task_description: 'sleep 2 say late', sync: true })).structuredContent as Task
-  t.match(res, { status: 'running', hint: /get_task_status/ })
+  // still running after 500 ms (or, on a busy machine, not started yet)
+  t.match(res, { status: /^(running|queued)$/, hint: /get_task_status/ })
   await waitFor(t, 'completion', async () => (await status(client, res.task_id)).status === 'completed', 60_000)
   t.equal((await status(client, res.task_id)).output, 'late\n')
 })

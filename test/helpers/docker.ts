@@ -32,6 +32,11 @@ export async function waitFor (t: Test, what: string, check: () => boolean | Pro
   t.fail(`timed out waiting for ${what}`)
 }
 
+/** Whether the task's container runs: a task is marked running before its container is created and started. */
+export async function containerRuns (taskId: string, on: DockerEngine = engine): Promise<boolean> {
+  return (await on.listContainers({ [LABEL.task]: taskId })).some((c) => c.State === 'running')
+}
+
 /** Removes the containers and volumes a test service (its data directory, `owner`) left behind. */
 export async function removeOwned (owner: string): Promise<void> {
   await removeOwnedOn(engine, owner)
