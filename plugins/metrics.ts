@@ -15,7 +15,7 @@ export default fp(async (fastify) => {
   const tasks = fastify.tasks
   const metrics = new Metrics({
     taskCounts: () => tasks.countByStatus(),
-    queued: () => tasks.queued,
+    queued: async () => (await tasks.queueState()).waiting,
     running: () => tasks.running,
     // registered after this plugin; read at scrape time
     sessions: () => fastify.mcpSessions?.size ?? 0,
@@ -24,6 +24,8 @@ export default fp(async (fastify) => {
   })
   tasks.on('started', (task) => metrics.taskStarted(task))
   tasks.on('ended', (task) => metrics.taskEnded(task))
+  // cluster mode: a lost replica's tasks are counted once, by the replica whose sweep ended them
+  tasks.on('lost', (task) => metrics.taskEnded(task))
   tasks.on('orphan_removed', () => metrics.orphanRemoved())
   tasks.on('spent', (task, cost, tokens) => metrics.spent(task, cost, tokens))
   fastify.egress?.proxy.on('denied', (d) => metrics.egressDenied(d.reason))

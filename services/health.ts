@@ -48,6 +48,11 @@ export const HealthReportSchema = z.object({
     error: z.string().nullable().describe('Why tasks cannot run in the image (missing, no `opencode` on its PATH), with the fix'),
     checked_at: z.string().nullable()
   }),
+  store: z.object({
+    backend: z.enum(['sqlite', 'postgres']).describe('postgres: DATABASE_URL (cluster mode)'),
+    reachable: z.boolean().describe('false when the last read of the store failed (the report is then unhealthy)'),
+    last_error: z.string().nullable()
+  }),
   docker: z.object({
     reachable: z.boolean(),
     version: z.string().nullable(),
@@ -69,18 +74,28 @@ export interface HealthInputs {
   load: HealthReport['load']
   letta: HealthReport['letta']
   runner: RunnerImageState
+  store: HealthReport['store']
+  /** A new task would be refused for the queue (no free slot, as many waiting as allowed): here, or in the cluster. */
+  queueFull: boolean
+}
+
+/** The store's error for operators: its code and first line, bounded (a driver's message names the host, never a password). */
+export function storeErrorText (err: unknown): string {
+  const e = err as { code?: unknown, message?: unknown }
+  const message = typeof e?.message === 'string' ? e.message.split('\n')[0] : String(err)
+  return (typeof e?.code === 'string' && !message.includes(e.code) ? `${e.code}: ${message}` : message).slice(0, 300)
 }
 
 export function healthReport (inputs: HealthInputs): HealthReport {
   const { engine, tasks, load, letta, runner } = inputs
-  // draining: shutting down; unhealthy: no engine; degraded: up, but shedding load, refusing new tasks
+  // draining: shutting down; unhealthy: no engine or no store; degraded: up, but shedding load, refusing new tasks
   // (full queue, or a runner image that is missing or has no `opencode`), or without Letta (updates
   // wait in the outbox)
   const runnerUnusable = runner.usable === false
-  const queueFull = tasks.queued >= tasks.max_queued && tasks.running >= tasks.max_concurrent
+  const queueFull = inputs.queueFull
   const status = !tasks.accepting
     ? 'draining'
-    : !engine.reachable ? 'unhealthy' : load.shedding || queueFull || runnerUnusable || (letta.configured && !letta.reachable) ? 'degraded' : 'healthy'
+    : !engine.reachable || !inputs.store.reachable ? 'unhealthy' : load.shedding || queueFull || runnerUnusable || (letta.configured && !letta.reachable) ? 'degraded' : 'healthy'
   return {
     status,
     service: SERVICE_NAME,
@@ -96,6 +111,7 @@ export function healthReport (inputs: HealthInputs): HealthReport {
     tasks,
     letta,
     runner: { ...runner },
+    store: inputs.store,
     docker: {
       reachable: engine.reachable,
       version: engine.version,

@@ -9,7 +9,7 @@ import { TASK_STATUSES, type TaskRecord, type TaskStatus } from './tasks/types.j
 
 export interface MetricSources {
   taskCounts: () => Promise<Partial<Record<TaskStatus, number>>>
-  queued: () => number
+  queued: () => Promise<number>
   running: () => number
   sessions: () => number
   engineUp: () => boolean
@@ -41,8 +41,8 @@ export class Metrics {
   constructor (sources: MetricSources) {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'lop_' })
-    const gauge = (name: string, help: string, read: () => number) =>
-      new Gauge({ name, help, registers, collect () { this.set(read()) } })
+    const gauge = (name: string, help: string, read: () => number | Promise<number>) =>
+      new Gauge({ name, help, registers, async collect () { this.set(await read()) } })
     this.gauges = [
       new Gauge({
         name: 'lop_tasks',
@@ -54,7 +54,7 @@ export class Metrics {
           for (const state of TASK_STATUSES) this.set({ state }, counts[state] ?? 0)
         }
       }),
-      gauge('lop_queue_depth', 'Tasks waiting for a slot', sources.queued),
+      gauge('lop_queue_depth', 'Tasks waiting for a slot (in cluster mode: in the whole cluster)', sources.queued),
       gauge('lop_running_containers', 'Task containers running (slots in use)', sources.running),
       gauge('lop_mcp_sessions', 'Open MCP sessions', sources.sessions),
       gauge('lop_docker_engine_up', '1 when the last engine probe succeeded', () => (sources.engineUp() ? 1 : 0)),
@@ -75,7 +75,7 @@ export class Metrics {
     })
     this.outcomes = new Counter({
       name: 'lop_task_outcomes_total',
-      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error, budget)',
+      help: 'Ended tasks by outcome (completed, failed, timeout, cancelled, oom, stalled, interrupted, engine_error, budget, node_lost)',
       labelNames: ['outcome'],
       registers
     })

@@ -5,8 +5,11 @@
  * NODE_LEASE_MS: one replica wins each lost node (a conditional UPDATE … RETURNING), puts its
  * claimed-not-started tasks back in the queue and ends its running, paused and pinned tasks
  * `failed` (`node_lost`), telling waiters (the end notification) and Letta (the outbox rows become
- * pending). A heartbeat that finds its own row lost lets go of the tasks taken from it (fencing keeps
- * its stale writes out meanwhile) and registers again.
+ * pending). A replica sweeps only once its own heartbeats have succeeded for a whole lease: after a
+ * database outage every heartbeat is old, and each live replica gets a lease to renew its own. A
+ * heartbeat that finds its own row lost lets go of the tasks taken from it (fencing keeps its stale
+ * writes out meanwhile) and registers again. A broken LISTEN connection is opened again by the next
+ * heartbeat.
  *
  * It is also the engine's queue (ClusterQueue): claims in one short transaction under a cluster-wide
  * advisory lock (the cluster's running count below CLUSTER_MAX_CONCURRENT_TASKS, the oldest queued
@@ -21,6 +24,8 @@ import { appendEvents, transaction, type PgTaskStore } from '../tasks/pg-store.j
 
 /** The advisory lock every claim takes (any constant; 'lopc' in ASCII). */
 const CLAIM_LOCK = 0x6c6f7063
+/** The advisory lock of a submission's queue check and insert ('lopa'). */
+const ADMIT_LOCK = 0x6c6f7061
 /** The database's clock in milliseconds: every node's heartbeat is compared on one clock. */
 const DB_NOW = '(extract(epoch from clock_timestamp()) * 1000)::bigint'
 /** A task that holds a slot: running, paused (it keeps its container, as with the semaphore), or claimed and not started yet. */
@@ -40,13 +45,18 @@ export interface NodeOptions {
   log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
 }
 
+/** What a node asks of its replica's engine. */
+type NodeEngine = Pick<TaskEngine, 'kick' | 'taskChanged' | 'letGoOf' | 'liveTasks' | 'lostElsewhere'>
+
 export interface LostNode { node_id: string, requeued: string[], failed: string[] }
 
 export class ClusterNode implements ClusterQueue {
-  private engine?: Pick<TaskEngine, 'kick' | 'taskChanged' | 'letGoOf' | 'liveTasks'>
+  private engine?: NodeEngine
   private listener?: pg.PoolClient
   private timer?: NodeJS.Timeout
   private beating?: Promise<void>
+  /** Since when this replica's heartbeats have succeeded without a failure (local clock; only a duration is read). */
+  private beatingSince?: number
   private stopped = false
 
   constructor (private readonly store: PgTaskStore, private readonly opts: NodeOptions) {}
@@ -60,14 +70,32 @@ export class ClusterNode implements ClusterQueue {
    * The cluster's backlog: unclaimed queued tasks beyond the free slots of the live nodes (and of the
    * cluster limit), as the semaphore counts waiters only when no slot is free. One query.
    */
-  async waiting (): Promise<number> {
+  async backlog (): Promise<{ waiting: number, room: number }> {
     const { rows: [r] } = await this.pool.query<{ waiting: number, free: number, holding: number }>(`WITH h AS (
         SELECT node_id, COUNT(*) AS n FROM tasks WHERE ${HOLDS_SLOT} GROUP BY node_id)
       SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND lease IS NULL) AS waiting,
         (SELECT COALESCE(SUM(GREATEST(nd.capacity - COALESCE(h.n, 0), 0)), 0) FROM nodes nd LEFT JOIN h ON h.node_id = nd.node_id WHERE NOT nd.lost)::bigint AS free,
         (SELECT COALESCE(SUM(n), 0) FROM h)::bigint AS holding`)
     const free = this.opts.clusterMax > 0 ? Math.min(r.free, Math.max(0, this.opts.clusterMax - r.holding)) : r.free
-    return Math.max(0, r.waiting - free)
+    return { waiting: Math.max(0, r.waiting - free), room: Math.max(0, free - r.waiting) }
+  }
+
+  /**
+   * A session lock on a connection of its own, held while the engine checks the backlog and inserts
+   * on others; a replica that dies holding it loses its session, and the lock with it.
+   */
+  async admit (): Promise<() => Promise<void>> {
+    const c = await this.pool.connect()
+    try {
+      await c.query('SELECT pg_advisory_lock($1)', [ADMIT_LOCK])
+    } catch (err) {
+      c.release(err as Error)
+      throw err
+    }
+    return async () => {
+      // a failed unlock discards the connection: its session (and the lock) ends with it
+      await c.query('SELECT pg_advisory_unlock($1)', [ADMIT_LOCK]).then(() => c.release(), (err: Error) => c.release(err))
+    }
   }
 
   async claim (): Promise<string | undefined> {
@@ -108,24 +136,45 @@ export class ClusterNode implements ClusterQueue {
    * their containers are re-attached by recover()), gives back what it had claimed and not
    * started, and starts listening and beating. Before the engine's recover().
    */
-  async start (engine: Pick<TaskEngine, 'kick' | 'taskChanged' | 'letGoOf' | 'liveTasks'>): Promise<void> {
+  async start (engine: NodeEngine): Promise<void> {
     this.engine = engine
     await this.register()
     const { rows } = await this.pool.query<{ id: string, lease: number }>(`SELECT id, lease FROM tasks
       WHERE node_id = $1 AND status IN ('running', 'paused') AND lease IS NOT NULL`, [this.id])
     for (const r of rows) this.store.fence(r.id, r.lease)
     await this.giveBackClaims()
-    this.listener = await this.pool.connect()
-    this.listener.on('notification', (n) => {
+    await this.listen()
+    this.timer = setInterval(() => { this.beat().catch(() => {}) }, this.opts.heartbeatMs)
+    this.timer.unref()
+  }
+
+  /**
+   * LISTEN lop_queue / lop_ended on a connection of its own. A broken connection (a database restart)
+   * is dropped; the heartbeat's poll carries on meanwhile and the next heartbeat listens again.
+   */
+  private async listen (): Promise<void> {
+    const listener = await this.pool.connect()
+    listener.on('notification', (n) => {
       if (n.channel === 'lop_queue') this.engine?.kick()
       else if (n.channel === 'lop_ended' && n.payload) this.engine?.taskChanged(n.payload).catch(() => {})
     })
-    // a broken listening connection: the heartbeat's poll carries on, and the next start listens again
-    this.listener.on('error', (err) => this.opts.log.warn({ err }, 'cluster notifications lost; polling every heartbeat'))
-    await this.listener.query('LISTEN lop_queue')
-    await this.listener.query('LISTEN lop_ended')
-    this.timer = setInterval(() => { this.beat().catch(() => {}) }, this.opts.heartbeatMs)
-    this.timer.unref()
+    let broken = false
+    listener.on('error', (err) => {
+      if (broken) return
+      broken = true
+      this.opts.log.warn({ err }, 'cluster notifications lost; polling every heartbeat until listening again')
+      if (this.listener === listener) this.listener = undefined
+      listener.release(err)
+    })
+    try {
+      await listener.query('LISTEN lop_queue')
+      await listener.query('LISTEN lop_ended')
+    } catch (err) {
+      if (!broken) listener.release(err as Error)
+      broken = true
+      throw err
+    }
+    this.listener = listener
   }
 
   /** Stops beating and listening; gives back the tasks claimed and not started (graceful stop). */
@@ -165,16 +214,32 @@ export class ClusterNode implements ClusterQueue {
 
   private async beatOnce (): Promise<void> {
     if (this.stopped) return
-    const { rows: [row] } = await this.pool.query<{ lost: boolean }>(`UPDATE nodes SET heartbeat_at = ${DB_NOW}, url = $2 WHERE node_id = $1 RETURNING lost`,
-      [this.id, this.opts.url()])
+    let row: { lost: boolean } | undefined
+    try {
+      ({ rows: [row] } = await this.pool.query<{ lost: boolean }>(`UPDATE nodes SET heartbeat_at = ${DB_NOW}, url = $2 WHERE node_id = $1 RETURNING lost`,
+        [this.id, this.opts.url()]))
+    } catch (err) {
+      this.beatingSince = undefined
+      throw err
+    }
+    this.beatingSince ??= Date.now()
     if (!row || row.lost) {
       // declared lost (a pause longer than NODE_LEASE_MS): the tasks taken from it are let go
       this.opts.log.warn({ node: this.id }, 'this replica was declared lost: letting go of the tasks taken over, registering again')
       await this.letGoOfTakenTasks()
       await this.register()
     }
-    for (const lost of await this.sweep()) {
-      this.opts.log.warn({ node: lost.node_id, requeued: lost.requeued.length, failed: lost.failed.length }, 'node lost: its queued tasks went back to the queue, its running tasks failed')
+    if (!this.listener && !this.stopped) {
+      await this.listen()
+      this.opts.log.info({ node: this.id }, 'cluster notifications: listening again')
+    }
+    // the others are judged only by a replica that has itself beaten for a whole lease: after a
+    // database outage every heartbeat is old, and each live replica gets a lease to renew its own
+    if (Date.now() - this.beatingSince >= this.opts.leaseMs) {
+      for (const lost of await this.sweep()) {
+        this.opts.log.warn({ node: lost.node_id, requeued: lost.requeued.length, failed: lost.failed.length }, 'node lost: its queued tasks went back to the queue, its running tasks failed')
+        await this.engine?.lostElsewhere(lost.failed)
+      }
     }
     // the safety net of the notifications
     this.engine?.kick()

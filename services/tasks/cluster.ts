@@ -5,8 +5,17 @@
  * the engine queues in memory as before.
  */
 export interface ClusterQueue {
-  /** Tasks waiting in the whole cluster for a free slot (queued beyond the free slots; MAX_QUEUED_TASKS counts these). */
-  waiting: () => Promise<number>
+  /**
+   * The cluster's queue: `waiting`, the tasks queued beyond the live nodes' free slots (what
+   * MAX_QUEUED_TASKS counts), and `room`, the free slots no queued task is spoken for yet.
+   */
+  backlog: () => Promise<{ waiting: number, room: number }>
+  /**
+   * Takes the cluster's admission lock: a submission's check of `backlog()` and the insert that
+   * follows run one at a time across all replicas, so concurrent submissions never overfill
+   * MAX_QUEUED_TASKS. Resolves with its release (which never throws).
+   */
+  admit: () => Promise<() => Promise<void>>
   /**
    * Claims the oldest task this replica may run (FIFO; a follow-up turn only on its own node; never
    * past CLUSTER_MAX_CONCURRENT_TASKS): the task is this replica's (node_id, lease) and its writes are

@@ -29,7 +29,7 @@ import type { ClusterQueue } from './cluster.js'
 import { IllegalTransitionError, transition, turnEnd } from './lifecycle.js'
 import { Run, type TurnOutcome } from './run.js'
 import type { RemoteMethod, RemoteNodes } from './remote.js'
-import { WriteRefusedError, type TaskStore } from './store.js'
+import { patiently, WriteRefusedError, type TaskStore } from './store.js'
 import { TaskError, TERMINAL, type EndReason, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
 export type EngineConfig = Pick<Config, 'RUNNER_IMAGE' | 'RUNNER_CPU_LIMIT' | 'RUNNER_MEMORY_LIMIT' | 'RUNNER_NETWORK' | 'RUNNER_PIDS_LIMIT' |
@@ -73,6 +73,8 @@ export interface TaskEngineEvents {
   /** An OpenCode event of a running task (already stored in its history). */
   event: [taskId: string, event: ParsedEvent]
   ended: [TaskRecord]
+  /** Cluster mode: a task of a lost replica, ended `node_lost` by this replica's sweep (Letta is told through the outbox rows the sweep marked). */
+  lost: [TaskRecord]
   orphan_removed: [containerId: string]
   /** A step's spending (at its end): cost as OpenCode reports it, tokens input + output. */
   spent: [task: Pick<TaskRecord, 'id' | 'principal' | 'agent_id'>, cost: number, tokens: number]
@@ -176,6 +178,16 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   liveTasks (): string[] { return [...this.live.keys()] }
   get running (): number { return this.semaphore.running }
   get queued (): number { return this.semaphore.waiting }
+  /**
+   * The queue: the tasks waiting for a slot, here (SQLite) or in the whole cluster (what
+   * MAX_QUEUED_TASKS counts), and whether a new task would be refused for it (no free slot, and as
+   * many waiting as allowed).
+   */
+  async queueState (): Promise<{ waiting: number, full: boolean }> {
+    if (!this.cluster) return { waiting: this.semaphore.waiting, full: this.semaphore.full }
+    const { waiting, room } = await this.cluster.backlog()
+    return { waiting, full: room === 0 && waiting >= this.config.MAX_QUEUED_TASKS }
+  }
   get draining (): boolean { return !this.accepting }
   async countByStatus (): Promise<Partial<Record<TaskStatus, number>>> { return this.store.countByStatus() }
   /** The last thing a live task's agent did (for progress messages). */
@@ -233,9 +245,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const egressAllow = args.egress_allow ? this.checkEgressAllow(args.egress_allow) : null
     // read before: create() runs inside the store's idempotency claim, synchronously
     const daily = await dailyOver(this.config, this.store, caller.principal, agentId)
-    // cluster mode: the cluster's queue, read in this replica's admission step with the insert that
-    // follows (this replica's submissions never overfill it; several replicas racing may, by a few)
-    let waiting = 0
+    // cluster mode: the cluster's queue, read in the admission step with the insert that follows
+    // (under the cluster's admission lock: replicas racing never overfill it)
+    let queue = { waiting: 0, full: false }
     // a new task is refused (draining, no usable runner image, a full queue) before anything is
     // stored; a retry with a known key gets its task all the same. Its slot is taken with the check
     // of the queue's room, in one synchronous step: submissions in flight cannot overfill the queue
@@ -244,7 +256,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (!this.accepting) throw new TaskError('draining', 'The service is shutting down and accepts no new tasks; retry against the restarted service')
       const refusal = this.runnerImage?.refusal
       if (refusal) throw new TaskError('unavailable', refusal)
-      if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
+      if (this.cluster ? queue.full : this.semaphore.full) throw this.queueFull(queue.waiting)
       if (daily) throw dailyRefusal(daily)
       const task = newTask()
       made = { task, slot: this.cluster ? undefined : this.semaphore.acquire(task.id) }
@@ -286,9 +298,9 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     })
 
     let task: TaskRecord
-    const release = this.cluster ? await this.admission() : undefined
+    const release = this.cluster ? await this.admission(this.cluster) : undefined
     try {
-      if (this.cluster) waiting = await this.cluster.waiting()
+      if (this.cluster) queue = await this.queueState()
       if (this.config.ENFORCE_IDEMPOTENCY && args.idempotency_key) {
         const asked = args.max_cost ?? args.max_tokens ?? args.max_steps
         const argsHash = createHash('sha256').update(JSON.stringify([description, timeout, model, repository, seed, ...(asked === undefined ? [] : [limits]), ...(egressAllow ? [egressAllow] : [])])).digest('hex')
@@ -311,7 +323,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (made) this.giveBack(made.task.id, made.slot)
       throw err
     } finally {
-      release?.()
+      await release?.()
     }
     this.log.info({ taskId: task.id, agentId: task.agent_id, principal: task.principal }, 'task queued')
     this.emit('queued', task)
@@ -322,15 +334,18 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
   }
 
   /**
-   * Cluster mode: this replica's submissions check the cluster's queue and store their task one at a
-   * time (a check and its insert together). Resolves with the release of the step.
+   * Cluster mode: a submission checks the cluster's queue and stores its task in one admission step:
+   * one at a time on this replica (so it holds at most one of the pool's connections for the
+   * cluster's lock), then under the cluster-wide lock (see ClusterQueue.admit). Resolves with the
+   * release of both.
    */
-  private async admission (): Promise<() => void> {
+  private async admission (cluster: ClusterQueue): Promise<() => Promise<void>> {
     const before = this.admitting
-    let release = (): void => {}
-    this.admitting = new Promise<void>((resolve) => { release = resolve })
+    let local = (): void => {}
+    this.admitting = new Promise<void>((resolve) => { local = resolve })
     await before
-    return release
+    const unlock = await cluster.admit().catch((err: unknown) => { local(); throw err })
+    return async () => { await unlock(); local() }
   }
 
   /** A slot taken for a task that will not be scheduled: withdrawn if it waits, released if it was given. */
@@ -477,6 +492,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     await Promise.all(ids.map((id) => this.letGo(id, why)))
   }
 
+  /** Cluster mode: tasks this replica's sweep ended `node_lost` (for the listeners that count ends). */
+  async lostElsewhere (ids: string[]): Promise<void> {
+    for (const id of ids) {
+      const task = await this.store.get(id)
+      if (task) this.emit('lost', task)
+    }
+  }
+
   /** A task's status changed on another replica (its notification): its waiters here re-read it. */
   async taskChanged (id: string): Promise<void> {
     const waiters = this.endWaiters.get(id)
@@ -509,7 +532,8 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
           }
           return
         }
-        await this.clusterRun(task.id, live, attached !== undefined)
+        // its store calls wait out a database outage (PostgreSQL): the container runs on meanwhile
+        await patiently(() => this.clusterRun(task.id, live, attached !== undefined))
       } finally {
         release()
       }
@@ -952,14 +976,14 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
       if (daily) throw dailyRefusal(daily)
       if (!task.result?.session_id) throw new TaskError('conflict', `Task ${id} has no OpenCode session to continue (it ended ${task.reason ?? task.status} before the agent started); submit a new task instead`)
       // the slot is taken with the check of the queue's room (see submit); cluster mode: the check and
-      // the write in this replica's admission step, and the task's node (its workspace) claims the turn
-      const release = this.cluster ? await this.admission() : undefined
+      // the write in the admission step, and the task's node (its workspace) claims the turn
+      const release = this.cluster ? await this.admission(this.cluster) : undefined
       let slot: Promise<() => void> | undefined
       let event: TaskEvent
       let queued: TaskRecord
       try {
-        const waiting = this.cluster ? await this.cluster.waiting() : 0
-        if (this.cluster ? waiting >= this.config.MAX_QUEUED_TASKS : this.semaphore.full) throw this.queueFull(waiting)
+        const queue = await this.queueState()
+        if (queue.full) throw this.queueFull(queue.waiting)
         slot = this.cluster ? undefined : this.semaphore.acquire(id)
         await transition(this.store, id, 'queued', { pending: [prompt], finished_at: null, exit_code: null, reason: null, error: null })
         event = await this.store.addEvent(id, 'message_queued', { ...note, position: 1 })
@@ -968,7 +992,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
         this.giveBack(id, slot)
         throw err
       } finally {
-        release?.()
+        await release?.()
       }
       if (this.cluster) this.kick()
       else this.schedule(queued, undefined, slot)

@@ -10,8 +10,9 @@ import { randomUUID } from 'node:crypto'
 import { existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
-import { CONTENT_COLUMNS, JSON_COLUMNS, LeaseLostError, RETENTION_BATCH, WriteRefusedError, type ListFilter, type Spending, type SpendRow, type TaskFields, type TaskStore } from './store.js'
-import { TERMINAL, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { CONTENT_COLUMNS, isPatient, JSON_COLUMNS, LeaseLostError, RETENTION_BATCH, WriteRefusedError, type ListFilter, type Spending, type SpendRow, type TaskFields, type TaskStore } from './store.js'
+import { TaskError, TERMINAL, type TaskEvent, type TaskRecord, type TaskStatus } from './types.js'
 
 const ENDED_SQL = "('completed', 'failed', 'timeout', 'cancelled')"
 
@@ -242,7 +243,30 @@ export class PgTaskStore implements TaskStore {
    */
   private readonly leases = new Map<string, number>()
 
+  private closed = false
+  /** The pool's query, waiting out an unreachable database in a task's run (see patient()). */
+  private readonly db: Queryable = { query: ((text: string, params?: unknown[]) => this.patient(() => this.pool.query(text, params))) as Queryable['query'] }
+
   private constructor (readonly pool: pg.Pool, readonly owner: string) {}
+
+  /**
+   * `fn`, again while the database does not answer (a dropped or refused connection) when the call
+   * is made within patiently() (a task's run: its container runs on, its writes wait), until the
+   * store closes; else, or then, the outage is a 503 naming it. Other errors are `fn`'s own.
+   */
+  private async patient<T> (fn: () => Promise<T>): Promise<T> {
+    for (let delay = 100; ; delay = Math.min(delay * 2, 2_000)) {
+      try {
+        return await fn()
+      } catch (err) {
+        if (!unreachable(err)) throw err
+        if (this.closed || !isPatient()) {
+          throw new TaskError('unavailable', `The task database does not answer (${describe(err)}); retry in a moment`)
+        }
+        await sleep(delay)
+      }
+    }
+  }
 
   /** This replica holds the task under `lease` (a claim, or its running task at start-up): its writes are fenced by it. */
   fence (id: string, lease: number): void {
@@ -279,12 +303,14 @@ export class PgTaskStore implements TaskStore {
   }
 
   async close (): Promise<void> {
+    this.closed = true
     await this.pool.end()
   }
 
   /** `fn` in one transaction on one connection of the pool. */
   private async tx<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    return transaction(this.pool, fn)
+    // a transaction cut by a lost connection was rolled back: it is run again whole
+    return this.patient(() => transaction(this.pool, fn))
   }
 
   async insert (task: TaskRecord): Promise<void> {
@@ -300,11 +326,11 @@ export class PgTaskStore implements TaskStore {
   }
 
   async get (id: string): Promise<TaskRecord | undefined> {
-    return getOn(this.pool, id)
+    return getOn(this.db, id)
   }
 
   async status (id: string): Promise<TaskStatus | undefined> {
-    return (await this.pool.query<{ status: TaskStatus }>('SELECT status FROM tasks WHERE id = $1', [id])).rows[0]?.status
+    return (await this.db.query<{ status: TaskStatus }>('SELECT status FROM tasks WHERE id = $1', [id])).rows[0]?.status
   }
 
   async update (id: string, fields: TaskFields): Promise<void> {
@@ -339,7 +365,7 @@ export class PgTaskStore implements TaskStore {
       await writeContent(c, id, content)
     }
     if (Object.keys(content).length) await this.tx(write)
-    else await write(this.pool)
+    else await write(this.db)
     if (lease !== undefined && (followUp || (row.status !== undefined && TERMINAL.has(row.status as TaskStatus)))) this.leases.delete(id)
   }
 
@@ -356,25 +382,25 @@ export class PgTaskStore implements TaskStore {
   }
 
   async addSpend (row: SpendRow): Promise<void> {
-    await this.pool.query(`INSERT INTO spend (task_id, step, principal, agent_id, at, cost, tokens) VALUES ($1, $2, $3, $4, $5, $6, $7)
+    await this.db.query(`INSERT INTO spend (task_id, step, principal, agent_id, at, cost, tokens) VALUES ($1, $2, $3, $4, $5, $6, $7)
       ON CONFLICT DO NOTHING`, [row.task_id, row.step, row.principal, row.agent_id, row.at, row.cost, row.tokens])
   }
 
   async spending (principal: string, since: number, agentId?: string): Promise<Spending> {
     const agent = agentId === undefined ? '' : ' AND agent_id = $3'
     const params = agentId === undefined ? [principal, since] : [principal, since, agentId]
-    const { rows: steps } = await this.pool.query<{ at: number, cost: number }>(`SELECT at, cost FROM spend WHERE principal = $1${agent} AND at > $2 AND cost > 0 ORDER BY at`, params)
-    const { rows: [{ tokens }] } = await this.pool.query<{ tokens: number }>(`SELECT COALESCE(SUM(tokens), 0)::bigint AS tokens FROM spend WHERE principal = $1${agent} AND at > $2`, params)
+    const { rows: steps } = await this.db.query<{ at: number, cost: number }>(`SELECT at, cost FROM spend WHERE principal = $1${agent} AND at > $2 AND cost > 0 ORDER BY at`, params)
+    const { rows: [{ tokens }] } = await this.db.query<{ tokens: number }>(`SELECT COALESCE(SUM(tokens), 0)::bigint AS tokens FROM spend WHERE principal = $1${agent} AND at > $2`, params)
     return { cost: steps.reduce((n, s) => n + s.cost, 0), tokens, steps }
   }
 
   async deleteSpendBefore (before: number): Promise<number> {
-    return (await this.pool.query('DELETE FROM spend WHERE at <= $1', [before])).rowCount ?? 0
+    return (await this.db.query('DELETE FROM spend WHERE at <= $1', [before])).rowCount ?? 0
   }
 
   async costTotal (f: Omit<ListFilter, 'limit' | 'offset'>): Promise<number> {
     const { clause, params } = filter(f)
-    const { rows: [{ n }] } = await this.pool.query<{ n: number }>(`SELECT COALESCE(SUM(COALESCE((t.spent->>'cost')::float8, (t.result->>'cost')::float8, 0)), 0)::float8 AS n
+    const { rows: [{ n }] } = await this.db.query<{ n: number }>(`SELECT COALESCE(SUM(COALESCE((t.spent->>'cost')::float8, (t.result->>'cost')::float8, 0)), 0)::float8 AS n
       FROM tasks t WHERE ${clause}`, params)
     return n
   }
@@ -382,16 +408,16 @@ export class PgTaskStore implements TaskStore {
   async list (f: ListFilter): Promise<{ tasks: TaskRecord[], total: number }> {
     const { clause, params } = filter(f)
     const page = params.length
-    const { rows } = await this.pool.query<Row>(`${SELECT_LISTED} WHERE t.id IN (SELECT t.id FROM tasks t WHERE ${clause}
+    const { rows } = await this.db.query<Row>(`${SELECT_LISTED} WHERE t.id IN (SELECT t.id FROM tasks t WHERE ${clause}
       ORDER BY t.created_at DESC, t.id LIMIT $${page + 1} OFFSET $${page + 2}) ORDER BY t.created_at DESC, t.id`, [...params, f.limit, f.offset])
-    const { rows: [{ n }] } = await this.pool.query<{ n: number }>(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`, params)
+    const { rows: [{ n }] } = await this.db.query<{ n: number }>(`SELECT COUNT(*) AS n FROM tasks t WHERE ${clause}`, params)
     return { tasks: rows.map((r) => toRecord(r) as TaskRecord), total: n }
   }
 
   async deleteEnded (before: number, limit = RETENTION_BATCH): Promise<string[]> {
     // a task whose Letta block still exists is kept until the block is deleted (Letta may be down);
     // SKIP LOCKED: two replicas running retention at once delete disjoint batches
-    const { rows } = await this.pool.query<{ id: string }>(`WITH d AS (DELETE FROM tasks WHERE id IN (
+    const { rows } = await this.db.query<{ id: string }>(`WITH d AS (DELETE FROM tasks WHERE id IN (
         SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= $1 AND status IN ${ENDED}
         AND NOT EXISTS (SELECT 1 FROM letta_sync l WHERE l.task_id = tasks.id AND l.block_id IS NOT NULL AND l.deleted = 0)
         ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, finished_at)
@@ -400,16 +426,16 @@ export class PgTaskStore implements TaskStore {
   }
 
   async deleteExpiredKeys (before: number): Promise<number> {
-    return (await this.pool.query('DELETE FROM idempotency_keys WHERE created_at <= $1', [before])).rowCount ?? 0
+    return (await this.db.query('DELETE FROM idempotency_keys WHERE created_at <= $1', [before])).rowCount ?? 0
   }
 
   async countByStatus (): Promise<Partial<Record<TaskStatus, number>>> {
-    const { rows } = await this.pool.query<{ status: TaskStatus, n: number }>('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status')
+    const { rows } = await this.db.query<{ status: TaskStatus, n: number }>('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status')
     return Object.fromEntries(rows.map((r) => [r.status, r.n]))
   }
 
   async withStatus (...statuses: TaskStatus[]): Promise<TaskRecord[]> {
-    const { rows } = await this.pool.query<Row>(`${SELECT_TASK} WHERE t.status = ANY($1::text[]) ORDER BY t.created_at, t.id`, [statuses])
+    const { rows } = await this.db.query<Row>(`${SELECT_TASK} WHERE t.status = ANY($1::text[]) ORDER BY t.created_at, t.id`, [statuses])
     return rows.map((r) => toRecord(r) as TaskRecord)
   }
 
@@ -425,21 +451,21 @@ export class PgTaskStore implements TaskStore {
   private async fencedEvents (taskId: string, events: Array<{ type: string, data: Record<string, unknown> }>): Promise<TaskEvent[]> {
     const lease = this.leases.get(taskId)
     try {
-      return await appendEvents(this.pool, taskId, events, lease)
+      return await appendEvents(this.db, taskId, events, lease)
     } catch (err) {
-      if (lease !== undefined) await this.refused(this.pool, taskId, undefined, undefined, lease)
+      if (lease !== undefined) await this.refused(this.db, taskId, undefined, undefined, lease)
       throw err
     }
   }
 
   async events (taskId: string, afterSeq: number, limit: number, order: 'asc' | 'desc' = 'asc', offset = 0): Promise<TaskEvent[]> {
-    const { rows } = await this.pool.query<TaskEvent>(`SELECT seq, at, type, data FROM task_events WHERE task_id = $1 AND seq > $2
+    const { rows } = await this.db.query<TaskEvent>(`SELECT seq, at, type, data FROM task_events WHERE task_id = $1 AND seq > $2
       ORDER BY seq ${order === 'desc' ? 'DESC' : 'ASC'} LIMIT $3 OFFSET $4`, [taskId, afterSeq, limit, offset])
     return rows
   }
 
   async eventCount (taskId: string, afterSeq = 0): Promise<number> {
-    return (await this.pool.query<{ n: number }>('SELECT COUNT(*) AS n FROM task_events WHERE task_id = $1 AND seq > $2', [taskId, afterSeq])).rows[0].n
+    return (await this.db.query<{ n: number }>('SELECT COUNT(*) AS n FROM task_events WHERE task_id = $1 AND seq > $2', [taskId, afterSeq])).rows[0].n
   }
 
   /**
@@ -474,6 +500,18 @@ export class PgTaskStore implements TaskStore {
       if (claim) return claim
     }
   }
+}
+
+/** Errors of a database that does not answer (connection refused, dropped, timed out; shutting down or starting up): worth waiting out. */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03'])
+function unreachable (err: unknown): boolean {
+  const { code, message } = err as { code?: unknown, message?: unknown }
+  if (typeof code === 'string' && (UNREACHABLE_CODES.has(code) || code.startsWith('08'))) return true
+  return typeof message === 'string' && /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/.test(message)
+}
+const describe = (err: unknown): string => {
+  const { code, message } = err as { code?: unknown, message?: unknown }
+  return typeof code === 'string' ? code : String(message).split('\n')[0].slice(0, 120)
 }
 
 /** Another replica inserted the same idempotency key first (claimIdempotent reads it again). */

@@ -4,6 +4,7 @@
  * synchronous better-sqlite3 code, so a write is on disk when its promise resolves, before the side
  * effect that the caller awaits it for.
  */
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -188,6 +189,23 @@ export interface ListFilter { principal: string, status?: TaskStatus, agent_id?:
 export interface SpendRow { task_id: string, step: number, principal: string, agent_id: string | null, at: number, cost: number, tokens: number }
 /** What a principal (or one of its agents) spent in a window: the total and each step's cost and time, oldest first. */
 export interface Spending { cost: number, tokens: number, steps: Array<{ at: number, cost: number }> }
+
+const patience = new AsyncLocalStorage<true>()
+
+/**
+ * Runs `fn` (a task's run) so that the store calls it makes wait out a database that does not answer
+ * (PostgreSQL going away: a restart, a partition) until it answers again or the store closes; the
+ * container runs on meanwhile. Calls made outside (requests) fail at once with a clear 503 instead.
+ * SQLite, a local file, never waits.
+ */
+export function patiently<T> (fn: () => Promise<T>): Promise<T> {
+  return patience.run(true, fn)
+}
+
+/** Whether the call in progress was made within patiently(). */
+export function isPatient (): boolean {
+  return patience.getStore() === true
+}
 
 /** A conditional write of a task found the task no longer as it expected (its status, or its claim): nothing was written. */
 export class WriteRefusedError extends Error {

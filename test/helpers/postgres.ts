@@ -4,6 +4,7 @@
  * fails the test, naming the script that installs and starts it.
  */
 import { randomBytes } from 'node:crypto'
+import net from 'node:net'
 import pg from 'pg'
 import type { Test } from 'tap'
 
@@ -53,4 +54,37 @@ export async function storeEnv (t: Test, dataDir?: string): Promise<Record<strin
     }
   }
   return { DATABASE_URL: url }
+}
+
+/**
+ * A TCP relay on loopback in front of the test server: `url` is `databaseUrl` through it. `cut()`
+ * closes it and breaks every connection through it (the database is gone for its clients: a
+ * restart, a partition); `restore()` listens again on the same port.
+ */
+export async function databaseRelay (t: Test, databaseUrl: string): Promise<{ url: string, cut: () => Promise<void>, restore: () => Promise<void> }> {
+  const target = new URL(databaseUrl)
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 5432), target.hostname)
+    for (const s of [client, upstream]) {
+      sockets.add(s)
+      s.on('error', () => {})
+      s.on('close', () => { sockets.delete(s); client.destroy(); upstream.destroy() })
+    }
+    client.pipe(upstream).pipe(client)
+  })
+  const open = (port = 0) => new Promise<number>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, '127.0.0.1', () => { server.off('error', reject); resolve((server.address() as net.AddressInfo).port) })
+  })
+  const port = await open()
+  const cut = async () => {
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()))
+    for (const s of sockets) s.destroy()
+    await closed
+  }
+  t.teardown(() => { if (server.listening) return cut() })
+  const url = new URL(databaseUrl)
+  url.host = `127.0.0.1:${port}`
+  return { url: url.toString(), cut, restore: async () => { await open(port) } }
 }
