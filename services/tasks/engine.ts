@@ -188,6 +188,7 @@ export class TaskEngine extends EventEmitter<TaskEngineEvents> {
     const { waiting, room } = await this.cluster.backlog()
     return { waiting, full: room === 0 && waiting >= this.config.MAX_QUEUED_TASKS }
   }
+
   get draining (): boolean { return !this.accepting }
   async countByStatus (): Promise<Partial<Record<TaskStatus, number>>> { return this.store.countByStatus() }
   /** The last thing a live task's agent did (for progress messages). */
