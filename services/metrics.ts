@@ -41,8 +41,9 @@ export class Metrics {
   constructor (sources: MetricSources) {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'lop_' })
+    // a source that fails (the store does not answer) keeps the gauge's last value: a scrape never fails for it (/health says why)
     const gauge = (name: string, help: string, read: () => number | Promise<number>) =>
-      new Gauge({ name, help, registers, async collect () { this.set(await read()) } })
+      new Gauge({ name, help, registers, async collect () { await Promise.resolve().then(read).then((n) => this.set(n), () => {}) } })
     this.gauges = [
       new Gauge({
         name: 'lop_tasks',
@@ -50,8 +51,8 @@ export class Metrics {
         labelNames: ['state'],
         registers,
         async collect () {
-          const counts = await sources.taskCounts()
-          for (const state of TASK_STATUSES) this.set({ state }, counts[state] ?? 0)
+          const counts = await sources.taskCounts().catch(() => undefined)
+          if (counts) for (const state of TASK_STATUSES) this.set({ state }, counts[state] ?? 0)
         }
       }),
       gauge('lop_queue_depth', 'Tasks waiting for a slot (in cluster mode: in the whole cluster)', sources.queued),

@@ -94,6 +94,8 @@ t.test('a database outage longer than the lease: /health is 503 naming the store
   t.equal(view.status, 503, 'GET /tasks/:id: 503')
   t.match(await view.json(), { message: /task database does not answer/ })
   t.match(toolErrorOf(await callTool(clients[0], 'get_task_status', { task_id: ids[0] })), { code: 'unavailable', error: /task database does not answer .*retry in a moment/ })
+  t.match(toolErrorOf(await callTool(clients[1], 'opencode_execute_task', { task_description: 'say meanwhile' })), { code: 'unavailable', error: /task database does not answer/ }, 'a submission is refused, not lost in a 500')
+  t.equal((await fetch(`${apps[0].url}/metrics`)).status, 200, '/metrics answers (the gauges keep their last values)')
   // the outage outlasts the lease: every heartbeat in the table is older than NODE_LEASE_MS (on the database's clock)
   await waitFor(t, 'the outage to outlast the lease', async () => (await now()) - cutAt > 2 * lease, 60_000)
 

@@ -20,7 +20,7 @@
 import type pg from 'pg'
 import type { ClusterQueue } from '../tasks/cluster.js'
 import type { TaskEngine } from '../tasks/engine.js'
-import { appendEvents, transaction, type PgTaskStore } from '../tasks/pg-store.js'
+import { appendEvents, transaction, unavailable, type PgTaskStore } from '../tasks/pg-store.js'
 
 /** The advisory lock every claim takes (any constant; 'lopc' in ASCII). */
 const CLAIM_LOCK = 0x6c6f7063
@@ -75,7 +75,7 @@ export class ClusterNode implements ClusterQueue {
         SELECT node_id, COUNT(*) AS n FROM tasks WHERE ${HOLDS_SLOT} GROUP BY node_id)
       SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND lease IS NULL) AS waiting,
         (SELECT COALESCE(SUM(GREATEST(nd.capacity - COALESCE(h.n, 0), 0)), 0) FROM nodes nd LEFT JOIN h ON h.node_id = nd.node_id WHERE NOT nd.lost)::bigint AS free,
-        (SELECT COALESCE(SUM(n), 0) FROM h)::bigint AS holding`)
+        (SELECT COALESCE(SUM(n), 0) FROM h)::bigint AS holding`).catch((err: unknown) => { throw unavailable(err) })
     const free = this.opts.clusterMax > 0 ? Math.min(r.free, Math.max(0, this.opts.clusterMax - r.holding)) : r.free
     return { waiting: Math.max(0, r.waiting - free), room: Math.max(0, free - r.waiting) }
   }
@@ -85,12 +85,12 @@ export class ClusterNode implements ClusterQueue {
    * on others; a replica that dies holding it loses its session, and the lock with it.
    */
   async admit (): Promise<() => Promise<void>> {
-    const c = await this.pool.connect()
+    const c = await this.pool.connect().catch((err: unknown) => { throw unavailable(err) })
     try {
       await c.query('SELECT pg_advisory_lock($1)', [ADMIT_LOCK])
     } catch (err) {
       c.release(err as Error)
-      throw err
+      throw unavailable(err)
     }
     return async () => {
       // a failed unlock discards the connection: its session (and the lock) ends with it

@@ -260,9 +260,7 @@ export class PgTaskStore implements TaskStore {
         return await fn()
       } catch (err) {
         if (!unreachable(err)) throw err
-        if (this.closed || !isPatient()) {
-          throw new TaskError('unavailable', `The task database does not answer (${describe(err)}); retry in a moment`)
-        }
+        if (this.closed || !isPatient()) throw unavailable(err)
         await sleep(delay)
       }
     }
@@ -509,9 +507,13 @@ function unreachable (err: unknown): boolean {
   if (typeof code === 'string' && (UNREACHABLE_CODES.has(code) || code.startsWith('08'))) return true
   return typeof message === 'string' && /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/.test(message)
 }
-const describe = (err: unknown): string => {
+
+/** A database that does not answer, as the caller's error: a 503 (`unavailable`) naming it. Other errors unchanged. */
+export function unavailable (err: unknown): unknown {
+  if (!unreachable(err)) return err
   const { code, message } = err as { code?: unknown, message?: unknown }
-  return typeof code === 'string' ? code : String(message).split('\n')[0].slice(0, 120)
+  const what = typeof code === 'string' ? code : String(message).split('\n')[0].slice(0, 120)
+  return new TaskError('unavailable', `The task database does not answer (${what}); retry in a moment`)
 }
 
 /** Another replica inserted the same idempotency key first (claimIdempotent reads it again). */
