@@ -52,7 +52,8 @@ const messagesFor = (letta: FakeLetta, taskId: string) => (letta.messages.get(AG
 
 t.test('a task gets a workspace block, attached and updated, one completion message, then the block is detached', async (t) => {
   const letta = await fakeLetta(t)
-  const { app, url } = await listen(t, { env: env(letta, { LETTA_DETACH_DELAY_MS: '1500' }) })
+  // long enough that the block is still attached when the notification is seen, on a busy machine too
+  const { app, url } = await listen(t, { env: env(letta, { LETTA_DETACH_DELAY_MS: '5000' }) })
   const { client } = await connect(t, url)
   await waitFor(t, 'letta probed', async () => (await app.health()).body.letta.reachable === true)
   t.match((await app.health()).body, { status: 'healthy', letta: { configured: true, reachable: true, version: '0.test' } })
@@ -83,7 +84,9 @@ t.test('a task gets a workspace block, attached and updated, one completion mess
   t.match(messages[0].content, new RegExp(`OpenCode task ${done.task_id} completed after [0-9.]+ s\\.[\\s\\S]*get_task_status with task_id "${done.task_id}"`))
   t.ok(letta.requests.some((r) => r.method === 'POST' && r.path === `/v1/agents/${AGENT}/messages/async`), 'sent through the asynchronous message API')
 
-  await waitFor(t, 'detached after LETTA_DETACH_DELAY_MS', () => !letta.agents.get(AGENT)?.has(block?.id as string), 10_000)
+  await waitFor(t, 'detached after LETTA_DETACH_DELAY_MS', () => !letta.agents.get(AGENT)?.has(block?.id as string), 30_000)
+  // the service records the detach once Letta has answered it: a moment after Letta's side shows it
+  await waitFor(t, 'the detach recorded', async () => (await view(client, done.task_id)).letta?.attached === false, 10_000)
   t.match(await view(client, done.task_id), { letta: { attached: false, notified: true } })
   const history = await client.callTool({ name: 'get_task_history', arguments: { task_id: done.task_id } }) as CallToolResult
   t.match(history.structuredContent, { events: [{ type: 'queued' }, { type: 'started' }, { type: 'completed' }] }, 'history is served from the store after detachment')
