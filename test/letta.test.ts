@@ -187,7 +187,7 @@ t.test('a Letta outage: tasks run as usual, /health is degraded, updates go out 
   t.equal((await execute(client, { task_description: 'echo regardless', sync: true })).status, 'completed')
   const baseline = Date.now() - before
   await letta.stop()
-  await waitFor(t, 'outage seen', async () => (await app.health()).body.letta.reachable === false, 5_000)
+  await waitFor(t, 'outage seen', async () => (await app.health()).body.letta.reachable === false, 30_000)
   t.match(await app.health(), { statusCode: 200, body: { status: 'degraded', letta: { reachable: false, last_error: String } } })
   const started = Date.now()
   const done = await execute(client, { task_description: 'echo regardless', sync: true })
@@ -198,7 +198,7 @@ t.test('a Letta outage: tasks run as usual, /health is degraded, updates go out 
   await letta.start(letta.port)
   await waitFor(t, 'notified after the outage', async () => (await view(client, done.task_id)).letta?.notified === true, 90_000)
   t.equal(messagesFor(letta, done.task_id).length, 1)
-  await waitFor(t, 'healthy again', async () => (await app.health()).body.status === 'healthy', 5_000)
+  await waitFor(t, 'healthy again', async () => (await app.health()).body.status === 'healthy', 30_000)
 })
 
 t.test('an unknown agent id leaves the task running and the error visible', async (t) => {
