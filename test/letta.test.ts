@@ -60,7 +60,7 @@ t.test('a task gets a workspace block, attached and updated, one completion mess
 
   const done = await execute(client, { task_description: 'echo one echo two', sync: true })
   t.equal(done.status, 'completed')
-  await waitFor(t, 'notified', async () => (await view(client, done.task_id)).letta?.notified === true, 10_000)
+  await waitFor(t, 'notified', async () => (await view(client, done.task_id)).letta?.notified === true, 30_000)
   const status = await view(client, done.task_id)
   const block = letta.blocks.get(status.letta?.block_id as string)
   t.ok(block, 'the block exists in Letta')
@@ -86,7 +86,7 @@ t.test('a task gets a workspace block, attached and updated, one completion mess
 
   await waitFor(t, 'detached after LETTA_DETACH_DELAY_MS', () => !letta.agents.get(AGENT)?.has(block?.id as string), 30_000)
   // the service records the detach once Letta has answered it: a moment after Letta's side shows it
-  await waitFor(t, 'the detach recorded', async () => (await view(client, done.task_id)).letta?.attached === false, 10_000)
+  await waitFor(t, 'the detach recorded', async () => (await view(client, done.task_id)).letta?.attached === false, 30_000)
   t.match(await view(client, done.task_id), { letta: { attached: false, notified: true } })
   const history = await client.callTool({ name: 'get_task_history', arguments: { task_id: done.task_id } }) as CallToolResult
   t.match(history.structuredContent, { events: [{ type: 'queued' }, { type: 'started' }, { type: 'completed' }] }, 'history is served from the store after detachment')
@@ -117,7 +117,7 @@ t.test('a restart sends what is pending, once', async (t) => {
   await first.listen({ host: '127.0.0.1', port: 0 })
   const { client } = await connect(t, `http://127.0.0.1:${(first.server.address() as { port: number }).port}`)
   const earlier = await execute(client, { task_description: 'echo earlier', sync: true })
-  await waitFor(t, 'earlier notified', async () => (await view(client, earlier.task_id)).letta?.notified === true, 10_000)
+  await waitFor(t, 'earlier notified', async () => (await view(client, earlier.task_id)).letta?.notified === true, 30_000)
 
   // Letta goes away before the task ends, the service stops, Letta comes back, the service starts again
   // long enough to be running when Letta goes (its block is attached within a second or so)
@@ -207,6 +207,6 @@ t.test('an unknown agent id leaves the task running and the error visible', asyn
   const { client } = await connect(t, url)
   const done = await execute(client, { task_description: 'echo alone', agent_id: 'agent-nobody', sync: true })
   t.equal(done.status, 'completed')
-  await waitFor(t, 'error recorded', async () => Boolean((await view(client, done.task_id)).letta?.error), 10_000)
+  await waitFor(t, 'error recorded', async () => Boolean((await view(client, done.task_id)).letta?.error), 30_000)
   t.match((await view(client, done.task_id)).letta, { attached: false, notified: false, error: /Letta agent agent-nobody was not found/ })
 })

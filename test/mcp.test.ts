@@ -169,7 +169,7 @@ t.test('idle sessions expire after the TTL: freed and their transports closed', 
   t.ok(session)
   const onclose = session!.transport.onclose
   session!.transport.onclose = () => { closed = true; onclose?.() }
-  await waitFor(t, 'TTL eviction', () => app.mcpSessions.size === 0, 5_000)
+  await waitFor(t, 'TTL eviction', () => app.mcpSessions.size === 0, 30_000)
   t.ok(closed, 'the transport was closed')
   const res = await post(url, { jsonrpc: '2.0', id: 2, method: 'ping' }, { 'mcp-session-id': transport.sessionId as string, 'mcp-protocol-version': '2025-06-18' })
   t.equal(res.status, 404, 'an expired session is 404, so the client re-initializes')
