@@ -6,9 +6,8 @@
  * The agent is a shell (built here from the stand-in agent image): the task text is run by `sh -c`.
  */
 import t, { type Test } from 'tap'
-import { LABEL } from '../services/runner/container-spec.js'
 import { listen } from './helpers/app.js'
-import { engine, waitFor } from './helpers/docker.js'
+import { containerRuns, engine, runContainers, waitFor } from './helpers/docker.js'
 import { callTool, connect, toolOk } from './helpers/mcp.js'
 import { buildShellImage, SHELL_IMAGE } from './helpers/shell-image.js'
 import { settled, type TaskResult } from './helpers/tasks.js'
@@ -36,8 +35,8 @@ t.test('on by default: the root is read-only, the workspace and a size-limited /
   const { url } = await listen(t, { env: ENV })
   const { client } = await connect(t, url, { 'x-agent-id': 'agent-ro' })
   const running = await toolOk(client, 'opencode_execute_task', { task_description: 'sleep 30' }) as TaskResult
-  await waitFor(t, 'container running', async () => (await engine.listContainers({ [LABEL.task]: running.task_id })).some((c) => c.State === 'running'))
-  const [c] = await engine.listContainers({ [LABEL.task]: running.task_id })
+  await waitFor(t, 'container running', async () => await containerRuns(running.task_id))
+  const [c] = await runContainers(running.task_id)
   const info = await engine.inspectContainer(c.Id)
   t.equal(info.HostConfig.ReadonlyRootfs, true)
   t.same(info.HostConfig.Tmpfs, { '/tmp': `rw,nosuid,nodev,size=${16 * 1024 ** 2},mode=1777` })

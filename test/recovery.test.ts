@@ -8,7 +8,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import t from 'tap'
 import { LABEL } from '../services/runner/container-spec.js'
 import { tempDir } from './helpers/app.js'
-import { containerRuns, engine, waitFor } from './helpers/docker.js'
+import { containerRuns, engine, runContainers, waitFor } from './helpers/docker.js'
 import { connect } from './helpers/mcp.js'
 import { storeEnv } from './helpers/postgres.js'
 import { freePort, healthy, startServer } from './helpers/server.js'
@@ -54,14 +54,11 @@ t.test('SIGKILL while tasks run and wait: re-attached, failed with the reason, r
   await waitFor(t, 'two tasks running', async () => (await status(client, survivor.task_id)).status === 'running' && (await status(client, lost.task_id)).status === 'running')
   t.equal((await status(client, waiting[0].task_id)).status, 'queued')
 
-  // a task is marked running before its container is created and started: wait for the engine to run both
-  const started = async (id: string) => {
-    const [c] = await engine.listContainers({ [LABEL.task]: id })
-    return c && (await engine.inspectContainer(c.Id)).State.Running ? c : undefined
-  }
-  await waitFor(t, 'both containers started', async () => Boolean(await started(survivor.task_id)) && Boolean(await started(lost.task_id)), 60_000)
-  const [survivorContainer] = await engine.listContainers({ [LABEL.task]: survivor.task_id })
-  const [lostContainer] = await engine.listContainers({ [LABEL.task]: lost.task_id })
+  // a task is marked running before its container is created and started (its workspace helpers,
+  // labelled with the task too, come and go meanwhile): wait for the engine to run both agents
+  await waitFor(t, 'both containers started', async () => await containerRuns(survivor.task_id) && await containerRuns(lost.task_id), 60_000)
+  const [survivorContainer] = await runContainers(survivor.task_id)
+  const [lostContainer] = await runContainers(lost.task_id)
   const owner = survivorContainer.Labels[LABEL.owner]
   t.teardown(async () => {
     for (const c of await engine.listContainers({ [LABEL.owner]: owner })) await engine.removeContainer(c.Id, { force: true }).catch(() => {})
@@ -149,7 +146,7 @@ t.test('after SIGKILL, re-attached containers take their slots first, a paused t
   // the kill comes once both containers run (a task is running before its container is started)
   await waitFor(t, 'both containers started', async () => await containerRuns(timed.task_id) && await containerRuns(paused.task_id), 60_000)
   t.equal((await call(client, 'send_task_control', { task_id: paused.task_id, control: 'pause' })).status, 'paused')
-  const [pausedContainer] = await engine.listContainers({ [LABEL.task]: paused.task_id })
+  const [pausedContainer] = await runContainers(paused.task_id)
   const owner = pausedContainer.Labels[LABEL.owner]
   t.teardown(async () => {
     for (const c of await engine.listContainers({ [LABEL.owner]: owner })) await engine.removeContainer(c.Id, { force: true }).catch(() => {})

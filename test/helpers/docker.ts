@@ -32,9 +32,14 @@ export async function waitFor (t: Test, what: string, check: () => boolean | Pro
   t.fail(`timed out waiting for ${what}`)
 }
 
-/** Whether the task's container runs: a task is marked running before its container is created and started. */
+/** The agent's containers of a task (not its short-lived workspace helpers, which carry the task's label too). */
+export async function runContainers (taskId: string, on: DockerEngine = engine): Promise<Awaited<ReturnType<DockerEngine['listContainers']>>> {
+  return await on.listContainers({ [LABEL.task]: taskId, [LABEL.role]: 'run' })
+}
+
+/** Whether the task's agent container runs: a task is marked running before its container is created and started. */
 export async function containerRuns (taskId: string, on: DockerEngine = engine): Promise<boolean> {
-  return (await on.listContainers({ [LABEL.task]: taskId })).some((c) => c.State === 'running')
+  return (await runContainers(taskId, on)).some((c) => c.State === 'running')
 }
 
 /** Removes the containers and volumes a test service (its data directory, `owner`) left behind. */
